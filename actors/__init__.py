@@ -1,0 +1,6 @@
+"""Worker side of lorahub-ray: base model, module cache, composition and loss. Imports no driver code and no Ray."""
+
+from actors.stack import LayerStack, LoraStack
+from actors.worker import CandidateLoss, Worker, WorkerSpec
+
+__all__ = ["CandidateLoss", "LayerStack", "LoraStack", "Worker", "WorkerSpec"]

@@ -1,0 +1,78 @@
+"""ModuleCache: the module pool held on the actor's device, and the base layers it writes into.
+
+Symbols: N modules, r rank, d_in / d_out the layer's widths.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from actors.compose import MODES, MergedLayer, SlotLayer, compose_factors
+from actors.stack import LoraStack
+
+APPLY_METHODS = ("merge", "slot")
+
+
+def _as_tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Object-store arrays are read-only; torch views them without copying on CPU (we never write)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        tensor = torch.from_numpy(array)
+    return tensor.to(device=device, dtype=dtype)
+
+
+class ModuleCache:
+    """Stacks every module's A/B per layer on the device once and applies candidate weights in place.
+
+    Args:
+        model: the base model; it is modified in place (merged weights or an injected LoRA slot).
+        stack: the module pool.
+        mode: ``"ab"`` or ``"delta"`` (see `actors.compose`).
+        apply: ``"merge"`` (into pristine copies of the base weights) or ``"slot"`` (a PEFT LoRA slot).
+    """
+
+    def __init__(self, model: nn.Module, stack: LoraStack, mode: str = "ab", apply: str = "merge") -> None:
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
+        if apply not in APPLY_METHODS:
+            raise ValueError(f"`apply` must be one of {APPLY_METHODS}, got {apply!r}")
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.mode = mode
+        self.num_modules = stack.num_modules
+        self.A = [_as_tensor(layer.A, self.device, self.dtype) for layer in stack.layers]  # (N, r, d_in) each
+        self.B = [_as_tensor(layer.B, self.device, self.dtype) for layer in stack.layers]  # (N, d_out, r) each
+        paths = [layer.path for layer in stack.layers]
+        if apply == "merge":
+            self.targets = [MergedLayer(model.get_submodule(p), stack.scaling, stack.fan_in_fan_out) for p in paths]
+        else:
+            slot_rank = stack.rank * (self.num_modules if mode == "delta" else 1)
+            _inject_slot(model, paths, slot_rank, stack.fan_in_fan_out)
+            self.targets = [SlotLayer(model.get_submodule(p), stack.scaling) for p in paths]
+        model.to(self.device)
+
+    @torch.no_grad()
+    def apply(self, weights: np.ndarray) -> None:
+        """Compose the modules with ``weights`` (shape ``(N,)``) and write the result into every layer."""
+        if weights.shape != (self.num_modules,):
+            raise ValueError(f"weights must have shape ({self.num_modules},), got {weights.shape}")
+        w = torch.as_tensor(weights, device=self.device, dtype=self.dtype)  # (N,)
+        for A, B, target in zip(self.A, self.B, self.targets):
+            target.apply(*compose_factors(w, A, B, self.mode))
+
+
+def _inject_slot(model: nn.Module, paths: list[str], rank: int, fan_in_fan_out: bool) -> None:
+    """Give every adapted layer an empty PEFT LoRA slot of the given rank with scaling 1."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=paths, fan_in_fan_out=fan_in_fan_out
+    )
+    dtype = next(model.parameters()).dtype
+    inject_adapter_in_model(config, model)
+    for path in paths:
+        model.get_submodule(path).to(dtype)

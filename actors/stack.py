@@ -1,0 +1,56 @@
+"""The module pool as stacked arrays: one (A, B) pair per LoRA layer, every module along axis 0.
+
+Symbols: N modules, r rank, d_in / d_out the adapted layer's input / output width.
+Arrays are numpy so that the driver can put one copy into Ray's object store and every
+actor on a node reads it zero-copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LayerStack:
+    """Every module's LoRA factors for one adapted layer.
+
+    Args:
+        path: the layer's module path inside the base model, e.g. ``encoder.block.0.layer.0.SelfAttention.q``.
+        A: ``(N, r, d_in)`` stacked ``lora_A`` weights.
+        B: ``(N, d_out, r)`` stacked ``lora_B`` weights.
+    """
+
+    path: str
+    A: np.ndarray  # (N, r, d_in)
+    B: np.ndarray  # (N, d_out, r)
+
+
+@dataclass(frozen=True)
+class LoraStack:
+    """A validated pool of N compatible LoRA modules.
+
+    Args:
+        names: the N modules as the user gave them (paths or hub ids), in weight order.
+        layers: one `LayerStack` per adapted layer, in a fixed order.
+        scaling: the LoRA scaling every module shares (``lora_alpha / r``, or ``/ sqrt(r)`` with rsLoRA).
+        rank: the rank r every module shares.
+        fan_in_fan_out: True when the base layers store their weight as ``(d_in, d_out)`` (GPT-2 ``Conv1D``).
+        peft_config: the first module's ``adapter_config.json``, the template for the exported adapter.
+    """
+
+    names: tuple[str, ...]
+    layers: tuple[LayerStack, ...]
+    scaling: float
+    rank: int
+    fan_in_fan_out: bool
+    peft_config: dict
+
+    @property
+    def num_modules(self) -> int:
+        return len(self.names)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.A.nbytes + layer.B.nbytes for layer in self.layers)

@@ -1,0 +1,43 @@
+"""Checking a base model and a module pool against each other, without loading any weights."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+from actors.stack import LoraStack
+from lorahub_ray.errors import InputError, ModuleMismatchError
+
+
+def skeleton(base: str) -> nn.Module:
+    """The base model's architecture on the meta device: shapes and module paths, no memory."""
+    try:
+        config = AutoConfig.from_pretrained(base)
+    except Exception as err:
+        raise InputError(f"base model {base!r} could not be loaded: no config.json found locally or on the hub "
+                         f"({type(err).__name__})") from None
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto.from_config(config)
+
+
+def check_base(stack: LoraStack, base: str) -> None:
+    """Every adapted layer must exist in the base model as a linear layer of matching shape."""
+    model = skeleton(base)
+    for layer in stack.layers:
+        try:
+            module = model.get_submodule(layer.path)
+        except AttributeError:
+            raise ModuleMismatchError(
+                f"module {stack.names[0]!r} adapts layer {layer.path!r}, which base model {base!r} does not have"
+            ) from None
+        weight = getattr(module, "weight", None)
+        if weight is None or weight.dim() != 2:
+            raise ModuleMismatchError(f"layer {layer.path!r} of base model {base!r} is not a linear layer")
+        d_out, d_in = weight.shape[::-1] if stack.fan_in_fan_out else weight.shape
+        (_, _, a_in), (_, b_out, _) = layer.A.shape, layer.B.shape
+        if (a_in, b_out) != (d_in, d_out):
+            raise ModuleMismatchError(
+                f"layer {layer.path!r}: the modules map {a_in} -> {b_out} features but base model {base!r} "
+                f"maps {d_in} -> {d_out}; the modules were trained on another base model")

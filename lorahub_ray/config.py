@@ -1,0 +1,122 @@
+"""Run settings: `RunConfig` (what shapes the result; saved with it) and `PoolConfig` (runtime only)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from actors.cache import APPLY_METHODS
+from actors.compose import MODES
+from actors.loss import OBJECTIVES
+from actors.model import DTYPES
+from lorahub_ray.errors import ConfigError
+
+OPTIMIZER_NAMES = ("cma", "ngopt")
+
+
+def _one_of(name: str, value: object, accepted: tuple) -> None:
+    if value not in accepted:
+        raise ConfigError(f"`{name}` must be one of {list(accepted)}, got {value!r}")
+
+
+@dataclass
+class RunConfig:
+    """What shapes a search's result; saved in ``result.json``.
+
+    Args:
+        base: base model, a local directory or hub id.
+        modules: LoRA adapters (local directories or hub ids), in weight order.
+        examples: path of a JSONL file of ``{"input", "output"}`` lines, or the examples themselves.
+        budget: number of evaluations, exactly.
+        optimizer: ``"cma"`` (CMA-ES populations) or ``"ngopt"`` (the reference's sequential NGOpt).
+        population: candidates per generation for ``cma`` (``None``: CMA-ES's default ``4 + 3 ln N``).
+            Never derived from the number of actors, so results do not depend on it.
+        mode: composition, ``"ab"`` (LoraHub: sum of A's times sum of B's) or ``"delta"`` (sum of w_i B_i A_i).
+        objective: ``"default"`` (mean token cross-entropy) or ``"reference"`` (the reference's CE / E scale).
+        reference_batch_size: batch size of the ``reference`` objective (``None``: all examples in one batch).
+        l1: weight of the ``mean |w|`` penalty added to the loss.
+        bound: weights are searched in ``[-bound, bound]``.
+        seed: seeds the optimizer; the only source of randomness in a search.
+    """
+
+    base: str
+    modules: list[str]
+    examples: str | list[dict[str, str]]
+    budget: int = 40
+    optimizer: str = "cma"
+    population: int | None = None
+    mode: str = "ab"
+    objective: str = "default"
+    reference_batch_size: int | None = None
+    l1: float = 0.05
+    bound: float = 1.5
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        self.modules = [str(m) for m in self.modules]
+        if isinstance(self.examples, os.PathLike):
+            self.examples = str(self.examples)
+        if not self.modules:
+            raise ConfigError("`modules` must name at least one LoRA module, got none")
+        if len(set(self.modules)) != len(self.modules):
+            raise ConfigError(f"`modules` must not repeat a module, got {self.modules}")
+        if not isinstance(self.budget, int) or self.budget < 1:
+            raise ConfigError(f"`budget` must be an integer >= 1, got {self.budget!r}")
+        _one_of("optimizer", self.optimizer, OPTIMIZER_NAMES)
+        if self.population is not None and self.population < 1:
+            raise ConfigError(f"`population` must be >= 1 or None, got {self.population!r}")
+        _one_of("mode", self.mode, MODES)
+        _one_of("objective", self.objective, OBJECTIVES)
+        if self.reference_batch_size is not None and self.reference_batch_size < 1:
+            raise ConfigError(f"`reference_batch_size` must be >= 1 or None, got {self.reference_batch_size!r}")
+        if self.l1 < 0:
+            raise ConfigError(f"`l1` must be >= 0, got {self.l1!r}")
+        if self.bound <= 0:
+            raise ConfigError(f"`bound` must be > 0, got {self.bound!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PoolConfig:
+    """Where and how candidates are evaluated; runtime only, never saved.
+
+    Args:
+        num_actors: Ray actors evaluating in parallel; ``0`` evaluates in this process without Ray.
+        cpus_per_actor: CPUs reserved per actor (fractional allowed); also its torch thread count.
+        gpus_per_actor: GPUs reserved per actor (fractional allowed, e.g. 0.25 packs four on a GPU).
+        address: ``None`` starts an embedded local Ray; ``"auto"`` or ``"ray://host:port"`` joins a cluster.
+        apply: in-place method, ``"merge"`` (into pristine base weights; fastest) or ``"slot"`` (a PEFT LoRA slot).
+        dtype: the actors' base model and composed adapter dtype.
+        device: ``"auto"`` (CUDA when the actor was given a GPU, else CPU), ``"cpu"`` or ``"cuda"``.
+        example_batch_size: examples per forward pass (``None``: all at once); memory only.
+        max_restarts: actor deaths tolerated in one search before giving up.
+    """
+
+    num_actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    address: str | None = None
+    apply: str = "merge"
+    dtype: str = "float32"
+    device: str = "auto"
+    example_batch_size: int | None = None
+    max_restarts: int = 3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_actors, int) or self.num_actors < 0:
+            raise ConfigError(f"`num_actors` must be an integer >= 0, got {self.num_actors!r}")
+        if self.cpus_per_actor <= 0:
+            raise ConfigError(f"`cpus_per_actor` must be > 0, got {self.cpus_per_actor!r}")
+        if self.gpus_per_actor < 0:
+            raise ConfigError(f"`gpus_per_actor` must be >= 0, got {self.gpus_per_actor!r}")
+        _one_of("apply", self.apply, APPLY_METHODS)
+        _one_of("dtype", self.dtype, tuple(DTYPES))
+        _one_of("device", self.device, ("auto", "cpu", "cuda"))
+        if self.example_batch_size is not None and self.example_batch_size < 1:
+            raise ConfigError(f"`example_batch_size` must be >= 1 or None, got {self.example_batch_size!r}")
+
+    @property
+    def threads_per_actor(self) -> int:
+        return max(1, int(self.cpus_per_actor))

@@ -1,0 +1,63 @@
+"""Randomly initialised base models and LoRA modules, built offline, for tests, benchmarks and examples.
+
+They are real Hugging Face / PEFT artifacts (``save_pretrained`` directories) with random weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+TARGETS = {"t5": ["q", "v"], "llama": ["q_proj", "v_proj"]}
+
+
+def build_random_base(out: str | Path, kind: str = "t5", d_model: int = 32, layers: int = 2, heads: int = 4,
+                      d_ff: int = 64, seed: int = 0) -> Path:
+    """Save a randomly initialised byte-level model (``kind`` ``"t5"`` or ``"llama"``) and its tokenizer to ``out``."""
+    torch.manual_seed(seed)
+    tokenizer = ByT5Tokenizer()
+    vocab = len(tokenizer)
+    if kind == "t5":
+        config = T5Config(vocab_size=vocab, d_model=d_model, d_kv=d_model // heads, d_ff=d_ff, num_layers=layers,
+                          num_heads=heads, decoder_start_token_id=tokenizer.pad_token_id,
+                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        model = T5ForConditionalGeneration(config)
+    elif kind == "llama":
+        config = LlamaConfig(vocab_size=vocab, hidden_size=d_model, intermediate_size=d_ff, num_hidden_layers=layers,
+                             num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=512,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             bos_token_id=None, tie_word_embeddings=False)
+        model = LlamaForCausalLM(config)
+    else:
+        raise ValueError(f"`kind` must be 't5' or 'llama', got {kind!r}")
+    out = Path(out)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_random_modules(base: str | Path, out: str | Path, count: int, rank: int = 4, alpha: int | None = None,
+                         targets: list[str] | None = None, std: float = 0.5, seed: int = 0) -> list[Path]:
+    """Save ``count`` PEFT LoRA adapters for ``base`` with random, non-zero A and B (``module_00``, ...)."""
+    from peft import LoraConfig, get_peft_model
+
+    from actors.model import is_encoder_decoder, load_base
+
+    model, _ = load_base(str(base), torch.device("cpu"))
+    kind = "t5" if is_encoder_decoder(str(base)) else "llama"
+    config = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0,
+                        target_modules=targets or TARGETS[kind])
+    peft_model = get_peft_model(model, config)
+    generator = torch.Generator().manual_seed(seed)
+    paths = []
+    for index in range(count):
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "lora_" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator) * std / param.shape[-1] ** 0.5)
+        path = Path(out) / f"module_{index:02d}"
+        peft_model.save_pretrained(path)
+        paths.append(path)
+    return paths
