@@ -39,5 +39,5 @@ def check_base(stack: LoraStack, base: str) -> None:
         (_, _, a_in), (_, b_out, _) = layer.A.shape, layer.B.shape
         if (a_in, b_out) != (d_in, d_out):
             raise ModuleMismatchError(
-                f"layer {layer.path!r}: the modules map {a_in} -> {b_out} features but base model {base!r} "
-                f"maps {d_in} -> {d_out}; the modules were trained on another base model")
+                f"layer {layer.path!r}: module {stack.names[0]!r} maps {a_in} -> {b_out} features but base model "
+                f"{base!r} maps {d_in} -> {d_out}; the modules were trained on another base model")

@@ -56,7 +56,7 @@ class WorkerPool:
             ray.init(address=config.address, logging_level=logging.WARNING, log_to_driver=True,
                      include_dashboard=False, configure_logging=False)
         self._check_resources()
-        self._remote_worker = ray.remote(Worker)
+        self._remote_worker = _remote_worker_class()
         self._init_args = (spec, ray.put(stack), ray.put(list(examples)))  # one object-store copy each
         self.actors = [self._start_actor() for _ in range(config.num_actors)]
         self._wait_ready()
@@ -76,8 +76,20 @@ class WorkerPool:
                 warnings.warn(f"{message}; actors wait until the cluster grows", InefficientSettingsWarning)
 
     def _start_actor(self):
-        options = {"num_cpus": self.config.cpus_per_actor, "num_gpus": self.config.gpus_per_actor}
+        options = {"num_cpus": self.config.cpus_per_actor, "num_gpus": self.config.gpus_per_actor,
+                   "scheduling_strategy": "SPREAD"}  # spread over nodes: more memory bandwidth per actor
         return self._remote_worker.options(**options).remote(*self._init_args)
+
+    @property
+    def restarts(self) -> int:
+        """How many actors died and were replaced so far."""
+        return self._restarts
+
+    def nodes(self) -> list[str]:
+        """The Ray node id of each actor (empty without Ray)."""
+        import ray
+
+        return ray.get([actor.node_id.remote() for actor in self.actors])
 
     def _wait_ready(self) -> None:
         import ray
@@ -148,6 +160,17 @@ class WorkerPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _remote_worker_class():
+    """`Worker` as a Ray actor class, with the one Ray-aware method a worker needs."""
+    import ray
+
+    class RayWorker(Worker):
+        def node_id(self) -> str:
+            return ray.get_runtime_context().get_node_id()
+
+    return ray.remote(RayWorker)
 
 
 def _first_line(err: BaseException) -> str:

@@ -1,0 +1,124 @@
+"""The ``lorahub-ray`` command: ``search``, ``evaluate`` and ``demo``.
+
+Errors that lorahub-ray raises on purpose are printed as one paragraph (``error: ...``, exit code 2);
+anything else keeps its traceback, because it is a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lorahub_ray.config import OPTIMIZER_NAMES, PoolConfig, RunConfig
+from lorahub_ray.errors import LoraHubRayError
+
+
+def _pool_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("actor pool")
+    group.add_argument("--actors", type=int, default=1, help="Ray actors evaluating in parallel; 0 = in this process")
+    group.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor (also its torch threads)")
+    group.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor, fractions allowed")
+    group.add_argument("--address", default=None, help="join a Ray cluster ('auto' or 'ray://host:10001'); "
+                                                        "default: start Ray locally")
+    group.add_argument("--apply", choices=["merge", "slot"], default="merge",
+                       help="how a candidate is applied in place: merged into the base weights, or a LoRA slot")
+    group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+
+
+def _pool_config(args: argparse.Namespace) -> PoolConfig:
+    return PoolConfig(num_actors=args.actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
+                      address=args.address, apply=args.apply, dtype=args.dtype)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lorahub-ray", fromfile_prefix_chars="@",
+                                     description="Gradient-free LoraHub composition of LoRA modules on a Ray actor pool. "
+                                                 "Arguments can be read from a file: @args.txt")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    search = commands.add_parser("search", help="find composition weights for a few examples and write the adapter")
+    search.add_argument("--base", required=True, help="base model: local directory or hub id")
+    search.add_argument("--modules", nargs="+", required=True, help="LoRA adapters: local directories or hub ids")
+    search.add_argument("--examples", required=True, help='JSONL file, one {"input": ..., "output": ...} per line')
+    search.add_argument("--output", required=True, help="directory for adapter/ and result.json (new or empty)")
+    search.add_argument("--budget", type=int, default=40, help="evaluations, exactly (default 40)")
+    search.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="cma")
+    search.add_argument("--population", type=int, default=None, help="candidates per generation (cma)")
+    search.add_argument("--mode", choices=["ab", "delta"], default="ab", help="composition (default ab = LoraHub)")
+    search.add_argument("--objective", choices=["default", "reference"], default="default")
+    search.add_argument("--l1", type=float, default=0.05, help="weight of the mean |w| penalty")
+    search.add_argument("--seed", type=int, default=42)
+    search.add_argument("--merge", action="store_true", help="also write the merged full model to OUTPUT/merged")
+    search.add_argument("--overwrite", action="store_true", help="replace an OUTPUT that already holds files")
+    search.add_argument("--quiet", action="store_true", help="no progress bar")
+    _pool_arguments(search)
+
+    evaluate = commands.add_parser("evaluate", help="exact-match accuracy of greedy generation on a JSONL file")
+    evaluate.add_argument("--base", required=True)
+    evaluate.add_argument("--adapter", default=None, help="PEFT adapter directory; omit for the bare base model")
+    evaluate.add_argument("--examples", required=True)
+    evaluate.add_argument("--json", default=None, help="write the summary and every prediction to this file")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--max-new-tokens", type=int, default=256)
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    demo = commands.add_parser("demo", help="the offline demo: a held-out task of the built-in zoo, end to end")
+    demo.add_argument("--zoo", default=None, help="zoo directory (default: the packaged zoo, built if missing)")
+    demo.add_argument("--task", default=None, help="held-out task name (default: the first)")
+    demo.add_argument("--output", default=None, help="where to write the adapter (default: a new temp dir)")
+    demo.add_argument("--budget", type=int, default=40)
+    demo.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="cma")
+    demo.add_argument("--seed", type=int, default=42)
+    _pool_arguments(demo)
+    demo.set_defaults(actors=2)
+    return parser
+
+
+def _search(args: argparse.Namespace) -> None:
+    from lorahub_ray.run import run
+
+    config = RunConfig(base=args.base, modules=args.modules, examples=args.examples, budget=args.budget,
+                       optimizer=args.optimizer, population=args.population, mode=args.mode,
+                       objective=args.objective, l1=args.l1, seed=args.seed)
+    result = run(config, _pool_config(args), args.output, merge=args.merge, overwrite=args.overwrite,
+                 progress=not args.quiet)
+    print(f"best score {result.best_score:.4f} (loss {result.best_loss:.4f}) after {result.evaluations} evaluations")
+    for name, weight in sorted(result.weights.items(), key=lambda kv: -abs(kv[1]))[:10]:
+        print(f"  {weight:+.3f}  {name}")
+    print(f"adapter: {result.adapter_dir}\nresult:  {result.output / 'result.json'}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from lorahub_ray.data import load_examples
+    from lorahub_ray.evaluate import exact_match, load_model
+
+    examples = load_examples(args.examples)
+    model, tokenizer = load_model(args.base, args.adapter, device=args.device)
+    report = exact_match(model, tokenizer, examples, args.batch_size, args.max_new_tokens)
+    print(f"exact match: {report.accuracy:.1f}% ({report.correct}/{report.total})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from lorahub_ray.demo import run_demo
+
+    run_demo(zoo=args.zoo, task=args.task, output=args.output, budget=args.budget, optimizer=args.optimizer,
+             seed=args.seed, pool=_pool_config(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"search": _search, "evaluate": _evaluate, "demo": _demo}[args.command](args)
+    except LoraHubRayError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Evaluating a base model, with or without an adapter: batched greedy generation and exact match."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from actors.examples import prompt_ids
+from actors.model import load_base, pick_device
+from lorahub_ray.errors import InputError
+
+
+def normalize(text: str) -> str:
+    """The reference's answer normalisation: strip, lower-case, drop full stops."""
+    return text.strip().lower().replace(".", "")
+
+
+@dataclass
+class EvalReport:
+    """Exact-match accuracy (percent) and every prediction."""
+
+    accuracy: float
+    correct: int
+    total: int
+    predictions: list[dict[str, str | bool]]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_model(base: str, adapter: str | Path | None = None, device: str = "auto",
+               dtype: str = "float32") -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """The base model with ``adapter`` (a PEFT LoRA directory) merged in, or the bare base model."""
+    try:
+        model, tokenizer = load_base(base, pick_device(device), dtype)
+    except OSError as err:
+        raise InputError(f"base model {base!r} could not be loaded: {str(err).strip().splitlines()[0]}") from None
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise InputError(f"adapter {str(adapter)!r} is not a PEFT adapter directory (no adapter_config.json)")
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+    return model, tokenizer
+
+
+@torch.no_grad()
+def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str], batch_size: int = 16,
+             max_new_tokens: int = 256) -> list[str]:
+    """Greedy completions of ``inputs``, in batches (decoder-only prompts are left-padded, as given)."""
+    device = next(model.parameters()).device
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    outputs: list[str] = []
+    for start in range(0, len(inputs), batch_size):
+        texts = list(inputs[start : start + batch_size])
+        if encoder_decoder:
+            batch = tokenizer(texts, padding=True, return_tensors="pt").to(device)
+        else:
+            rows = [prompt_ids(tokenizer, text) for text in texts]
+            width = max(len(row) for row in rows)
+            pad = tokenizer.pad_token_id
+            batch = {
+                "input_ids": torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device),
+                "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device),
+            }
+        tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        if not encoder_decoder:
+            tokens = tokens[:, batch["input_ids"].shape[1] :]
+        outputs.extend(tokenizer.batch_decode(tokens, skip_special_tokens=True))
+    return outputs
+
+
+def exact_match(model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples: Sequence[dict[str, str]],
+                batch_size: int = 16, max_new_tokens: int = 256) -> EvalReport:
+    """Exact-match accuracy of greedy generation on ``{"input", "output"}`` examples."""
+    predictions = generate(model, tokenizer, [ex["input"] for ex in examples], batch_size, max_new_tokens)
+    rows = [
+        {"input": ex["input"], "output": ex["output"], "prediction": pred,
+         "correct": normalize(pred) == normalize(ex["output"])}
+        for ex, pred in zip(examples, predictions)
+    ]
+    correct = sum(bool(row["correct"]) for row in rows)
+    return EvalReport(100.0 * correct / len(rows), correct, len(rows), rows)

@@ -1,0 +1,87 @@
+"""Worker: in-place composition against PEFT-loaded modules, objectives, apply methods, failing candidates."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+
+from actors import Worker, WorkerSpec
+from actors.examples import tokenize_examples
+from actors.loss import objective_loss
+from actors.model import load_base
+from lorahub_ray.modules import load_stack
+from tests.conftest import EXAMPLES
+
+
+def _hf_loss(base, adapter, examples):
+    """The loss Hugging Face computes for one batch of examples, with the module loaded alone by PEFT."""
+    model, tokenizer = load_base(base, torch.device("cpu"))
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter).eval()
+    batch = tokenize_examples(tokenizer, examples, bool(model.config.is_encoder_decoder))
+    with torch.no_grad():
+        return float(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss)
+
+
+@pytest.mark.parametrize("apply", ["merge", "slot"])
+def test_one_hot_weights_reproduce_each_module_loaded_alone(world, apply):
+    stack = load_stack(world["modules"])
+    worker = Worker(WorkerSpec(base=world["base"], apply=apply, device="cpu"), stack, EXAMPLES)
+    for index, module in enumerate(world["modules"]):
+        one_hot = np.eye(len(world["modules"]))[index]
+        assert worker.loss(one_hot) == pytest.approx(_hf_loss(world["base"], module, EXAMPLES), rel=1e-5)
+    assert worker.loss(np.zeros(3)) == pytest.approx(_hf_loss(world["base"], None, EXAMPLES), rel=1e-5)
+
+
+def test_merge_and_slot_agree_in_both_modes(world):
+    stack = load_stack(world["modules"])
+    w = np.array([0.9, -0.6, 1.3])
+    for mode in ("ab", "delta"):
+        losses = [Worker(WorkerSpec(base=world["base"], mode=mode, apply=apply, device="cpu"), stack, EXAMPLES).loss(w)
+                  for apply in ("merge", "slot")]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_reference_objective_is_summed_batch_means_over_the_example_count(t5_world):
+    """The reference: HF batch-mean loss summed over batches of 2, divided by the number of examples."""
+    stack = load_stack(t5_world["modules"])
+    module = t5_world["modules"][1]
+    expected = sum(_hf_loss(t5_world["base"], module, EXAMPLES[i : i + 2]) for i in range(0, 5, 2)) / 5
+    spec = WorkerSpec(base=t5_world["base"], objective="reference", reference_batch_size=2, device="cpu")
+    assert Worker(spec, stack, EXAMPLES).loss(np.eye(3)[1]) == pytest.approx(expected, rel=1e-5)
+    one_batch = Worker(WorkerSpec(base=t5_world["base"], objective="reference", device="cpu"), stack, EXAMPLES)
+    assert one_batch.loss(np.eye(3)[1]) == pytest.approx(_hf_loss(t5_world["base"], module, EXAMPLES) / 5, rel=1e-5)
+
+
+def test_default_objective_does_not_depend_on_the_forward_batch_size(world):
+    stack = load_stack(world["modules"])
+    w = np.array([0.3, 0.2, -0.4])
+    whole = Worker(WorkerSpec(base=world["base"], device="cpu"), stack, EXAMPLES).loss(w)
+    split = Worker(WorkerSpec(base=world["base"], device="cpu", example_batch_size=2), stack, EXAMPLES).loss(w)
+    assert whole == pytest.approx(split, rel=1e-5)
+
+
+def test_objective_loss_definitions():
+    sums, counts = torch.tensor([4.0, 2.0, 6.0]), torch.tensor([2, 1, 3])
+    assert objective_loss(sums, counts, "default") == pytest.approx(12 / 6)
+    assert objective_loss(sums, counts, "reference") == pytest.approx((12 / 6) / 3)
+    assert objective_loss(sums, counts, "reference", batch_size=2) == pytest.approx((6 / 3 + 6 / 3) / 3)
+
+
+def test_a_failing_candidate_returns_nan_and_its_error(t5_world):
+    worker = Worker(WorkerSpec(base=t5_world["base"], device="cpu"), load_stack(t5_world["modules"]), EXAMPLES)
+    bad, good = worker.evaluate(np.zeros((1, 2)))[0], worker.evaluate(np.zeros((1, 3)))[0]
+    assert math.isnan(bad.loss) and "shape" in bad.error
+    assert math.isfinite(good.loss) and good.error is None
+
+
+def test_decoder_only_prompt_tokens_are_masked(tmp_path):
+    from lorahub_ray.toy import build_random_base
+
+    base = build_random_base(tmp_path / "llama", "llama")
+    _, tokenizer = load_base(str(base), torch.device("cpu"))
+    batch = tokenize_examples(tokenizer, [{"input": "ab:", "output": "cd"}], encoder_decoder=False)
+    assert batch.input_ids[0].tolist() == tokenizer("ab:cd", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert batch.labels[0].tolist() == [-100] * 3 + batch.input_ids[0, 3:].tolist()

@@ -1,0 +1,111 @@
+"""End to end: the search on an actor pool, determinism over actor counts, actor death, outputs."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+
+from actors import WorkerSpec
+from actors.examples import tokenize_examples
+from actors.model import load_base
+from lorahub_ray.config import PoolConfig, RunConfig
+from lorahub_ray.modules import load_stack
+from lorahub_ray.pool import WorkerPool
+from lorahub_ray.run import run
+from lorahub_ray.search import Search, minimize
+from tests.conftest import EXAMPLES
+
+
+def _config(world, **overrides):
+    settings = dict(base=world["base"], modules=world["modules"], examples=EXAMPLES, budget=8, population=4, seed=7)
+    return RunConfig(**{**settings, **overrides})
+
+
+def _reloaded_loss(base, adapter):
+    """Mean token cross-entropy of the saved adapter, loaded by PEFT the standard way."""
+    model, tokenizer = load_base(base, torch.device("cpu"))
+    model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    batch = tokenize_examples(tokenizer, EXAMPLES, bool(model.config.is_encoder_decoder))
+    with torch.no_grad():
+        return float(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss)
+
+
+@pytest.mark.parametrize("mode", ["ab", "delta"])
+def test_saved_adapter_reloads_to_the_best_loss_and_result_json_is_complete(world, mode, tmp_path):
+    result = run(_config(world, mode=mode), PoolConfig(num_actors=0), tmp_path / "out", progress=False)
+    assert _reloaded_loss(world["base"], tmp_path / "out" / "adapter") == pytest.approx(result.best_loss, rel=1e-5)
+    saved = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert set(saved) >= {"weights", "best_score", "best_loss", "evaluations", "config", "history"}
+    assert list(saved["weights"]) == world["modules"] and saved["evaluations"] == 8 == len(saved["history"])
+    assert set(saved["history"][0]) >= {"weights", "score", "loss", "actor", "seconds"}
+    assert saved["best_score"] == min(h["score"] for h in saved["history"])
+
+
+def test_merge_option_writes_a_loadable_merged_model(t5_world, tmp_path):
+    result = run(_config(t5_world, budget=4), PoolConfig(num_actors=0), tmp_path / "out", merge=True, progress=False)
+    merged, tokenizer = load_base(str(tmp_path / "out" / "merged"), torch.device("cpu"))
+    batch = tokenize_examples(tokenizer, EXAMPLES, True)
+    with torch.no_grad():
+        loss = float(merged(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss)
+    assert loss == pytest.approx(result.best_loss, rel=1e-4)
+
+
+def test_nothing_is_left_in_output_when_the_search_fails(t5_world, tmp_path):
+    def interrupt(search):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(_config(t5_world), PoolConfig(num_actors=0), tmp_path / "out", progress=False, on_generation=interrupt)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.ray
+def test_one_and_two_actors_give_the_same_result(local_ray, world):
+    one = run(_config(world), PoolConfig(num_actors=1), progress=False)
+    two = run(_config(world), PoolConfig(num_actors=2), progress=False)
+    assert [e.weights for e in one.history] == [e.weights for e in two.history]
+    assert [e.loss for e in one.history] == [e.loss for e in two.history]
+    assert one.weights == two.weights
+    assert {e.actor for e in two.history} == {0, 1}
+
+
+@pytest.mark.ray
+def test_an_actor_killed_mid_search_is_replaced_and_the_result_is_unchanged(local_ray, t5_world):
+    config = _config(t5_world, budget=12)
+    stack = load_stack(config.modules)
+    spec = WorkerSpec(base=config.base, num_threads=1)
+
+    def search_with(kill: bool):
+        with WorkerPool(spec, stack, EXAMPLES, PoolConfig(num_actors=2)) as pool:
+            def maybe_kill(search):
+                if kill and search.generation == 1:  # kill actor 0 while the next generation runs
+                    victim = pool.actors[0]
+                    threading.Timer(0.01, local_ray.kill, args=(victim,)).start()
+            search = Search(stack.num_modules, config.budget, population=4, seed=config.seed)
+            minimize(search, pool.evaluate, maybe_kill)
+            return search.history, pool.restarts
+
+    reference, no_restarts = search_with(kill=False)
+    survived, restarts = search_with(kill=True)
+    assert no_restarts == 0 and restarts == 1
+    assert [(e.weights, e.loss) for e in survived] == [(e.weights, e.loss) for e in reference]
+
+
+@pytest.mark.ray
+def test_pool_reports_failed_startup_as_a_worker_error(local_ray, t5_world, tmp_path):
+    from lorahub_ray.errors import WorkerError
+
+    stack = load_stack(t5_world["modules"])
+    with pytest.raises(WorkerError, match="failed to start"):
+        WorkerPool(WorkerSpec(base=str(tmp_path / "gone")), stack, EXAMPLES, PoolConfig(num_actors=1))
+
+
+@pytest.mark.ray
+def test_more_actors_than_cpus_is_refused_up_front(local_ray, t5_world):
+    from lorahub_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="3 actors x 1.0 CPU = 3.0 CPU, but the Ray cluster has 2.0"):
+        run(_config(t5_world), PoolConfig(num_actors=3), progress=False)
