@@ -1,0 +1,95 @@
+"""The command line: search and evaluate end to end, and bad input as one clear error with exit code 2."""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from lorahub_ray.cli import main
+
+
+def _search_args(world, examples_file, output, *extra):
+    return ["search", "--base", world["base"], "--modules", *world["modules"], "--examples", str(examples_file),
+            "--output", str(output), "--budget", "4", "--population", "2", "--actors", "0", "--quiet", *extra]
+
+
+def test_search_then_evaluate(t5_world, examples_file, tmp_path, capsys):
+    assert main(_search_args(t5_world, examples_file, tmp_path / "out")) == 0
+    printed = capsys.readouterr().out
+    assert "best score" in printed and str(tmp_path / "out" / "adapter") in printed
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["evaluations"] == 4
+    report = tmp_path / "eval.json"
+    args = ["evaluate", "--base", t5_world["base"], "--adapter", str(tmp_path / "out" / "adapter"),
+            "--examples", str(examples_file), "--json", str(report), "--max-new-tokens", "4"]
+    assert main(args) == 0
+    assert "exact match:" in capsys.readouterr().out
+    saved = json.loads(report.read_text())
+    assert saved["total"] == 5 and len(saved["predictions"]) == 5
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_examples", "examples file .* does not exist"),
+    ("malformed_examples", "line 1: not valid JSON"),
+    ("empty_examples", "no examples"),
+    ("missing_module", "is not a local directory and could not be fetched"),
+    ("not_an_adapter", "is not a LoRA adapter"),
+    ("corrupt_weights", "cannot read .* corrupt"),
+    ("mismatched_rank", "has `r` = 8 but module"),
+    ("budget", "`budget` must be an integer >= 1, got 0"),
+])
+def test_bad_input_is_one_clear_error_and_nothing_is_written(case, message, t5_world, examples_file, tmp_path,
+                                                              capsys):
+    from lorahub_ray.toy import build_random_modules
+
+    world = dict(t5_world)
+    extra = []
+    if case == "missing_examples":
+        examples_file = tmp_path / "nope.jsonl"
+    elif case == "malformed_examples":
+        examples_file.write_text("{not json\n")
+    elif case == "empty_examples":
+        examples_file.write_text("")
+    elif case == "missing_module":
+        world["modules"] = [*world["modules"], str(tmp_path / "absent")]
+    elif case == "not_an_adapter":
+        (tmp_path / "empty_dir").mkdir()
+        world["modules"] = [*world["modules"], str(tmp_path / "empty_dir")]
+    elif case == "corrupt_weights":
+        shutil.copytree(world["modules"][0], tmp_path / "corrupt")
+        (tmp_path / "corrupt" / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+        world["modules"] = [*world["modules"][1:], str(tmp_path / "corrupt")]
+    elif case == "mismatched_rank":
+        world["modules"] = [*world["modules"], str(build_random_modules(world["base"], tmp_path / "r8", 1, rank=8)[0])]
+    elif case == "budget":
+        extra = ["--budget", "0"]
+    output = tmp_path / "out"
+    assert main(_search_args(world, examples_file, output, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not output.exists()
+
+
+def test_unknown_optimizer_is_rejected_by_the_parser(t5_world, examples_file, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(_search_args(t5_world, examples_file, tmp_path / "out", "--optimizer", "adam"))
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'adam'" in capsys.readouterr().err
+
+
+def test_output_that_holds_files_is_refused_unless_overwrite(t5_world, examples_file, tmp_path, capsys):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "keep.txt").write_text("mine")
+    assert main(_search_args(t5_world, examples_file, output)) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert (output / "keep.txt").exists()
+    assert main(_search_args(t5_world, examples_file, output, "--overwrite")) == 0
+    assert sorted(p.name for p in output.iterdir()) == ["adapter", "result.json"]
+
+
+def test_evaluate_rejects_a_directory_that_is_not_an_adapter(t5_world, examples_file, tmp_path, capsys):
+    args = ["evaluate", "--base", t5_world["base"], "--adapter", str(tmp_path), "--examples", str(examples_file)]
+    assert main(args) == 2
+    assert "is not a PEFT adapter directory" in capsys.readouterr().err

@@ -1,0 +1,30 @@
+"""Imports go one way (lorahub_ray -> actors), and Ray is imported in one driver file only."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY_FILES = {"lorahub_ray/pool.py"}
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_actors_import_neither_the_driver_nor_ray():
+    files = sorted((ROOT / "actors").rglob("*.py"))
+    assert files
+    offenders = {str(f.relative_to(ROOT)): _imports(f) & {"lorahub_ray", "ray"} for f in files}
+    assert {f: names for f, names in offenders.items() if names} == {}
+
+
+def test_only_the_pool_imports_ray():
+    files = sorted((ROOT / "lorahub_ray").rglob("*.py"))
+    importers = {str(f.relative_to(ROOT)) for f in files if "ray" in _imports(f)}
+    assert importers == RAY_FILES
