@@ -14,9 +14,10 @@ from lorahub_ray.errors import (
     ModuleMismatchError,
     WorkerError,
 )
+from lorahub_ray.evaluate import EvalReport, evaluate_adapter
 from lorahub_ray.run import SearchResult, run
 
 __all__ = [
-    "ConfigError", "InputError", "LoraHubRayError", "ModuleMismatchError", "PoolConfig", "RunConfig",
-    "SearchResult", "WorkerError", "run",
+    "ConfigError", "EvalReport", "InputError", "LoraHubRayError", "ModuleMismatchError", "PoolConfig", "RunConfig",
+    "SearchResult", "WorkerError", "evaluate_adapter", "run",
 ]

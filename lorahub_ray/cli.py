@@ -92,12 +92,10 @@ def _search(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from lorahub_ray.data import load_examples
-    from lorahub_ray.evaluate import exact_match, load_model
+    from lorahub_ray.evaluate import evaluate_adapter
 
-    examples = load_examples(args.examples)
-    model, tokenizer = load_model(args.base, args.adapter, device=args.device)
-    report = exact_match(model, tokenizer, examples, args.batch_size, args.max_new_tokens)
+    report = evaluate_adapter(args.base, args.examples, args.adapter, args.batch_size, args.max_new_tokens,
+                              args.device)
     print(f"exact match: {report.accuracy:.1f}% ({report.correct}/{report.total})")
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")

@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from actors.examples import prompt_ids
 from actors.model import load_base, pick_device
+from lorahub_ray.data import load_examples
 from lorahub_ray.errors import InputError
 
 
@@ -87,3 +88,16 @@ def exact_match(model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples: 
     ]
     correct = sum(bool(row["correct"]) for row in rows)
     return EvalReport(100.0 * correct / len(rows), correct, len(rows), rows)
+
+
+def evaluate_adapter(base: str, examples: str | Path | Sequence[dict[str, str]], adapter: str | Path | None = None,
+                     batch_size: int = 16, max_new_tokens: int = 256, device: str = "auto") -> EvalReport:
+    """Exact match of ``base`` (with ``adapter`` merged in, if given) on examples or a JSONL file of them.
+
+    Example:
+        >>> report = evaluate_adapter("path/to/base", "test.jsonl", adapter="out/adapter")  # doctest: +SKIP
+        >>> report.accuracy  # doctest: +SKIP
+    """
+    rows = load_examples(examples)
+    model, tokenizer = load_model(base, adapter, device=device)
+    return exact_match(model, tokenizer, rows, batch_size, max_new_tokens)

@@ -109,3 +109,14 @@ def test_more_actors_than_cpus_is_refused_up_front(local_ray, t5_world):
 
     with pytest.raises(ConfigError, match="3 actors x 1.0 CPU = 3.0 CPU, but the Ray cluster has 2.0"):
         run(_config(t5_world), PoolConfig(num_actors=3), progress=False)
+
+
+@pytest.mark.ray
+def test_a_failing_candidate_does_not_kill_the_pool(local_ray, t5_world):
+    stack = load_stack(t5_world["modules"])
+    with WorkerPool(WorkerSpec(base=t5_world["base"]), stack, EXAMPLES, PoolConfig(num_actors=2)) as pool:
+        population = np.array([[np.nan, 0.0, 0.0], [0.1, 0.2, 0.3], [np.inf, 1.0, 0.0], [0.0, 0.0, 0.0]])
+        outcomes = pool.evaluate(population)
+        assert np.isnan(outcomes[0].loss) and np.isfinite(outcomes[1].loss) and np.isfinite(outcomes[3].loss)
+        assert not np.isfinite(outcomes[2].loss)
+        assert np.isfinite(pool.evaluate(np.zeros((2, 3)))[0].loss)  # the pool still works
