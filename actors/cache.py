@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from actors.compose import MODES, MergedLayer, SlotLayer, compose_factors
+from actors.compose import MODES, BatchedLayer, MergedLayer, SlotLayer, compose_factors
 from actors.stack import LoraStack
 
 APPLY_METHODS = ("merge", "slot")
@@ -54,6 +54,8 @@ class ModuleCache:
             _inject_slot(model, paths, slot_rank, stack.fan_in_fan_out)
             self.targets = [SlotLayer(model.get_submodule(p), stack.scaling) for p in paths]
         model.to(self.device)
+        self._model, self._paths, self._scaling = model, paths, stack.scaling
+        self._batched: list[BatchedLayer] = []  # hooks, created on first use of `apply_population`
 
     @torch.no_grad()
     def apply(self, weights: np.ndarray) -> None:
@@ -63,6 +65,27 @@ class ModuleCache:
         w = torch.as_tensor(weights, device=self.device, dtype=self.dtype)  # (N,)
         for A, B, target in zip(self.A, self.B, self.targets):
             target.apply(*compose_factors(w, A, B, self.mode))
+
+
+    @torch.no_grad()
+    def apply_population(self, population: np.ndarray | None) -> None:
+        """Prepare one forward pass for P candidates ``(P, N)``: candidate p's composition goes to its own rows.
+
+        The layers are reset to the plain base model and every layer's hook gets the P compositions;
+        ``None`` switches the hooks off again.
+        """
+        if population is None:
+            for layer in self._batched:
+                layer.set(None)
+            return
+        if population.ndim != 2 or population.shape[1] != self.num_modules:
+            raise ValueError(f"population must have shape (P, {self.num_modules}), got {population.shape}")
+        if not self._batched:
+            self._batched = [BatchedLayer(self._model.get_submodule(p), self._scaling) for p in self._paths]
+        self.apply(np.zeros(self.num_modules))  # plain base weights under the hooks
+        w = torch.as_tensor(population, device=self.device, dtype=self.dtype)  # (P, N)
+        for A, B, layer in zip(self.A, self.B, self._batched):
+            layer.set(*compose_factors(w, A, B, self.mode))
 
 
 def _inject_slot(model: nn.Module, paths: list[str], rank: int, fan_in_fan_out: bool) -> None:

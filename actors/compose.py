@@ -7,7 +7,8 @@ Two ways to apply a composition in place are offered, both exact and drift-free:
 - `MergedLayer` adds s * B' A' to a pristine copy of the base weight (the forward then costs
   exactly the bare base model's);
 - `SlotLayer` writes the factors into a fixed PEFT LoRA slot (the base weight is never touched).
-This file holds the only code that writes composed LoRA weights.
+To score P candidates in one forward pass, `BatchedLayer` adds each candidate's own composition to its
+rows of the batch (the base weight stays plain). This file holds the only code that writes composed LoRA weights.
 """
 
 from __future__ import annotations
@@ -24,22 +25,24 @@ def compose_factors(
     """Compose one layer's factors so that the update is ``scaling * B' @ A'``.
 
     Args:
-        weights: ``(N,)`` candidate weights.
+        weights: ``(N,)`` one candidate's weights, or ``(P, N)`` for P candidates at once.
         A: ``(N, r, d_in)`` stacked ``lora_A``.
         B: ``(N, d_out, r)`` stacked ``lora_B``.
         mode: ``"ab"`` (rank r result) or ``"delta"`` (rank N*r result, exact sum of w_i B_i A_i).
 
     Returns:
-        ``(A', B')`` of shapes ``(r, d_in), (d_out, r)`` for ``ab`` and ``(N*r, d_in), (d_out, N*r)`` for ``delta``.
+        ``(A', B')``: ``(r, d_in), (d_out, r)`` for ``ab`` and ``(N*r, d_in), (d_out, N*r)`` for ``delta``,
+        each with a leading ``P`` when ``weights`` has one (``delta``'s A' is shared by all candidates).
     """
     N, r, d_in = A.shape
     d_out = B.shape[1]
     if mode == "ab":
-        A_c = torch.tensordot(weights, A, dims=1)  # (r, d_in)
-        B_c = torch.tensordot(weights, B, dims=1)  # (d_out, r)
+        A_c = torch.tensordot(weights, A, dims=1)  # ([P,] r, d_in)
+        B_c = torch.tensordot(weights, B, dims=1)  # ([P,] d_out, r)
     elif mode == "delta":
         A_c = A.reshape(N * r, d_in)  # (N*r, d_in), a view
-        B_c = (B * weights[:, None, None]).permute(1, 0, 2).reshape(d_out, N * r)  # (d_out, N*r)
+        scaled = B * weights[..., :, None, None]  # ([P,] N, d_out, r)
+        B_c = scaled.movedim(-3, -2).reshape(*weights.shape[:-1], d_out, N * r)  # ([P,] d_out, N*r)
     else:
         raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
     return A_c, B_c
@@ -79,3 +82,31 @@ class SlotLayer:
     def apply(self, A_c: torch.Tensor, B_c: torch.Tensor) -> None:
         self.lora_A.data.copy_(A_c)
         torch.mul(B_c, self.scaling, out=self.lora_B.data)
+
+
+class BatchedLayer:
+    """Adds a different composition to each candidate's rows of a batch, through a forward hook.
+
+    The batch holds P candidates' copies of the examples, candidate-major: rows ``[p*E, (p+1)*E)`` belong to
+    candidate p. Each candidate's rows get ``scaling * x A'_p^T B'_p^T`` on top of the layer's own output,
+    so the layer itself must hold the plain base weight while factors are set.
+    """
+
+    def __init__(self, layer: nn.Module, scaling: float) -> None:
+        self.scaling = scaling
+        self.factors: tuple[torch.Tensor, torch.Tensor] | None = None  # (A' ([P,] r', d_in), B' (P, d_out, r'))
+        layer.register_forward_hook(self._hook)
+
+    def set(self, A_c: torch.Tensor | None, B_c: torch.Tensor | None = None) -> None:
+        """Use these per-candidate factors in the following forwards (``None`` switches the hook off)."""
+        self.factors = None if A_c is None else (A_c, B_c)
+
+    def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if self.factors is None:
+            return None
+        A_c, B_c = self.factors
+        x = args[0]  # (P*E, T, d_in)
+        grouped = x.reshape(B_c.shape[0], -1, x.shape[-1])  # (P, E*T, d_in)
+        low_rank = torch.matmul(grouped, A_c.transpose(-1, -2))  # (P, E*T, r')
+        delta = torch.matmul(low_rank, B_c.transpose(-1, -2))  # (P, E*T, d_out)
+        return output + self.scaling * delta.reshape(output.shape)

@@ -41,6 +41,11 @@ class ExampleBatch:
             self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.encoder_decoder
         )
 
+    def repeat(self, times: int) -> ExampleBatch:
+        """``times`` copies of the batch, copy-major: rows ``[k*E, (k+1)*E)`` are copy k."""
+        return ExampleBatch(self.input_ids.repeat(times, 1), self.attention_mask.repeat(times, 1),
+                            self.labels.repeat(times, 1), self.encoder_decoder)
+
     def select(self, rows: slice) -> ExampleBatch:
         return ExampleBatch(self.input_ids[rows], self.attention_mask[rows], self.labels[rows], self.encoder_decoder)
 

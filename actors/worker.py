@@ -36,6 +36,8 @@ class WorkerSpec:
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         device: ``"auto"`` (CUDA when visible, else CPU), ``"cpu"`` or ``"cuda"``.
         num_threads: torch intra-op threads (``None``: torch's default). Fixing it fixes the float results.
+        candidates_per_pass: candidates scored together in one forward pass (1: one at a time). Halved
+            automatically when a pass runs out of memory.
     """
 
     base: str
@@ -47,6 +49,7 @@ class WorkerSpec:
     dtype: str = "float32"
     device: str = "auto"
     num_threads: int | None = None
+    candidates_per_pass: int = 1
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class Worker:
         self.cache = ModuleCache(self.model, stack, mode=spec.mode, apply=spec.apply)
         encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
         self.batch = tokenize_examples(self.tokenizer, examples, encoder_decoder).to(self.device)
+        self.pass_size = max(1, spec.candidates_per_pass)  # candidates per forward pass, halved on out-of-memory
 
     def loss(self, weights: np.ndarray) -> float:
         """The objective's loss of one candidate ``(N,)``, without gradients."""
@@ -90,18 +94,61 @@ class Worker:
         counts = torch.cat([c for _, c in parts])  # (E,)
         return objective_loss(sums, counts, self.spec.objective, self.spec.reference_batch_size)
 
+    def losses(self, population: np.ndarray) -> list[float]:
+        """The objective's loss of each candidate of ``population`` ``(P, N)`` from one forward pass."""
+        P, E = len(population), len(self.batch)
+        self.cache.apply_population(population)
+        try:
+            sums, counts = example_token_losses(self.model, self.batch.repeat(P))  # (P*E,), (P*E,)
+        finally:
+            self.cache.apply_population(None)
+        sums, counts = sums.view(P, E), counts.view(P, E)
+        return [objective_loss(sums[p], counts[p], self.spec.objective, self.spec.reference_batch_size)
+                for p in range(P)]
+
     def evaluate(self, population: np.ndarray) -> list[CandidateLoss]:
-        """Score each row of ``population`` ``(P, N)``; a failing candidate yields NaN and its error, not an exception."""
-        results = []
-        for weights in np.atleast_2d(population):
-            start = time.perf_counter()
-            try:
-                loss, error = self.loss(weights), None
-            except Exception:  # a failing candidate must not kill the pool
-                loss, error = math.nan, traceback.format_exc(limit=3)
-            results.append(CandidateLoss(loss, time.perf_counter() - start, error))
+        """Score each row of ``population`` ``(P, N)``; a failing candidate yields NaN and its error, not an exception.
+
+        With ``candidates_per_pass > 1`` rows are scored in passes of that many (the last may be smaller);
+        a pass that runs out of memory is retried at half the size, and one that fails otherwise is
+        re-scored one candidate at a time so that only the failing candidates fail.
+        """
+        population = np.atleast_2d(population)
+        results: list[CandidateLoss] = []
+        start = 0
+        while start < len(population):
+            chunk = population[start : start + self.pass_size]
+            if len(chunk) == 1:
+                results.append(self._evaluate_one(chunk[0]))
+            else:
+                began = time.perf_counter()
+                try:
+                    losses = self.losses(chunk)
+                except Exception as err:
+                    if _out_of_memory(err):
+                        self.pass_size = max(1, self.pass_size // 2)
+                        continue
+                    results.extend(self._evaluate_one(weights) for weights in chunk)
+                else:
+                    seconds = (time.perf_counter() - began) / len(chunk)
+                    results.extend(CandidateLoss(loss, seconds) for loss in losses)
+            start += len(chunk)
         return results
+
+    def _evaluate_one(self, weights: np.ndarray) -> CandidateLoss:
+        start = time.perf_counter()
+        try:
+            loss, error = self.loss(weights), None
+        except Exception:  # a failing candidate must not kill the pool
+            loss, error = math.nan, traceback.format_exc(limit=3)
+        return CandidateLoss(loss, time.perf_counter() - start, error)
 
     def info(self) -> dict[str, str | int]:
         """Where this worker runs: device, dtype, torch threads."""
-        return {"device": str(self.device), "dtype": self.spec.dtype, "threads": torch.get_num_threads()}
+        return {"device": str(self.device), "dtype": self.spec.dtype, "threads": torch.get_num_threads(),
+                "candidates_per_pass": self.pass_size}
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure (CUDA or CPU) rather than a bug."""
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)

@@ -90,7 +90,9 @@ class PoolConfig:
         apply: in-place method, ``"merge"`` (into pristine base weights; fastest) or ``"slot"`` (a PEFT LoRA slot).
         dtype: the actors' base model and composed adapter dtype.
         device: ``"auto"`` (CUDA when the actor was given a GPU, else CPU), ``"cpu"`` or ``"cuda"``.
-        example_batch_size: examples per forward pass (``None``: all at once); memory only.
+        example_batch_size: examples per forward pass when scoring one candidate at a time (``None``: all).
+        candidates_per_pass: candidates an actor scores together in one batched forward pass (1: one at a
+            time). Work is handed out in whole passes, so results do not depend on the number of actors.
         max_restarts: actor deaths tolerated in one search before giving up.
     """
 
@@ -102,6 +104,7 @@ class PoolConfig:
     dtype: str = "float32"
     device: str = "auto"
     example_batch_size: int | None = None
+    candidates_per_pass: int = 1
     max_restarts: int = 3
 
     def __post_init__(self) -> None:
@@ -114,6 +117,8 @@ class PoolConfig:
         _one_of("apply", self.apply, APPLY_METHODS)
         _one_of("dtype", self.dtype, tuple(DTYPES))
         _one_of("device", self.device, ("auto", "cpu", "cuda"))
+        if not isinstance(self.candidates_per_pass, int) or self.candidates_per_pass < 1:
+            raise ConfigError(f"`candidates_per_pass` must be an integer >= 1, got {self.candidates_per_pass!r}")
         if self.example_batch_size is not None and self.example_batch_size < 1:
             raise ConfigError(f"`example_batch_size` must be >= 1 or None, got {self.example_batch_size!r}")
 

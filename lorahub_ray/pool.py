@@ -42,6 +42,7 @@ class WorkerPool:
     def __init__(self, spec: WorkerSpec, stack: LoraStack, examples: Sequence[dict[str, str]],
                  config: PoolConfig) -> None:
         self.config = config
+        self._pass = spec.candidates_per_pass  # work is handed out in whole passes
         self._owns_ray = False  # whether close() shuts Ray down
         self._restarts = 0  # actor deaths so far
         if config.num_actors == 0:
@@ -105,7 +106,8 @@ class WorkerPool:
         population = np.atleast_2d(population)
         if self._local is not None:
             return [Outcome(r.loss, r.seconds, None, r.error) for r in self._local.evaluate(population)]
-        size = math.ceil(len(population) / len(self.actors))
+        passes = math.ceil(math.ceil(len(population) / len(self.actors)) / self._pass)
+        size = passes * self._pass  # whole passes: every candidate shares a pass with the same others, whatever the actors
         chunks = [population[i : i + size] for i in range(0, len(population), size)]
         results = self._run_chunks(chunks)
         return [outcome for chunk in results for outcome in chunk]

@@ -93,7 +93,7 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
     spec = WorkerSpec(base=config.base, mode=config.mode, apply=pool.apply, objective=config.objective,
                       reference_batch_size=config.reference_batch_size,
                       example_batch_size=pool.example_batch_size, dtype=pool.dtype, device=pool.device,
-                      num_threads=pool.threads_per_actor)
+                      num_threads=pool.threads_per_actor, candidates_per_pass=pool.candidates_per_pass)
     with WorkerPool(spec, stack, examples, pool) as workers, \
             tqdm(total=config.budget, desc="evaluations", unit="eval", disable=not progress) as bar:
         def after_generation(s: Search) -> None:

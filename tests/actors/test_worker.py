@@ -85,3 +85,48 @@ def test_decoder_only_prompt_tokens_are_masked(tmp_path):
     batch = tokenize_examples(tokenizer, [{"input": "ab:", "output": "cd"}], encoder_decoder=False)
     assert batch.input_ids[0].tolist() == tokenizer("ab:cd", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert batch.labels[0].tolist() == [-100] * 3 + batch.input_ids[0, 3:].tolist()
+
+
+@pytest.mark.parametrize("mode", ["ab", "delta"])
+@pytest.mark.parametrize("apply", ["merge", "slot"])
+def test_population_batched_scoring_equals_one_at_a_time(world, mode, apply):
+    stack = load_stack(world["modules"])
+    population = np.random.default_rng(0).uniform(-1.5, 1.5, (7, 3))
+    for objective in ("default", "reference"):
+        spec = WorkerSpec(base=world["base"], mode=mode, apply=apply, objective=objective, device="cpu")
+        one_at_a_time = Worker(spec, stack, EXAMPLES).evaluate(population)
+        batched_worker = Worker(WorkerSpec(**{**spec.__dict__, "candidates_per_pass": 4}), stack, EXAMPLES)
+        batched = batched_worker.evaluate(population)
+        np.testing.assert_allclose([r.loss for r in batched], [r.loss for r in one_at_a_time], rtol=1e-5)
+        # the hooks are off again afterwards: a single candidate scores as before
+        assert batched_worker.loss(population[0]) == pytest.approx(one_at_a_time[0].loss, rel=1e-6)
+
+
+def test_a_pass_out_of_memory_is_retried_at_half_size(t5_world, monkeypatch):
+    stack = load_stack(t5_world["modules"])
+    population = np.random.default_rng(1).uniform(-1.5, 1.5, (7, 3))
+    expected = [r.loss for r in Worker(WorkerSpec(base=t5_world["base"], device="cpu"), stack, EXAMPLES).evaluate(population)]
+    worker = Worker(WorkerSpec(base=t5_world["base"], device="cpu", candidates_per_pass=8), stack, EXAMPLES)
+    sizes = []
+    real_losses = worker.losses
+
+    def limited(chunk):
+        sizes.append(len(chunk))
+        if len(chunk) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_losses(chunk)
+
+    monkeypatch.setattr(worker, "losses", limited)
+    results = worker.evaluate(population)
+    assert sizes[:3] == [7, 4, 2] and worker.pass_size == 2
+    np.testing.assert_allclose([r.loss for r in results], expected, rtol=1e-5)
+    assert all(r.error is None for r in results)
+
+
+def test_a_pass_that_fails_otherwise_is_rescored_one_by_one(t5_world, monkeypatch):
+    stack = load_stack(t5_world["modules"])
+    worker = Worker(WorkerSpec(base=t5_world["base"], device="cpu", candidates_per_pass=4), stack, EXAMPLES)
+    monkeypatch.setattr(worker, "losses", lambda chunk: (_ for _ in ()).throw(ValueError("broken pass")))
+    results = worker.evaluate(np.zeros((3, 3)))
+    assert all(np.isfinite(r.loss) and r.error is None for r in results)
+    assert worker.pass_size == 4

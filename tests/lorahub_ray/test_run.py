@@ -120,3 +120,12 @@ def test_a_failing_candidate_does_not_kill_the_pool(local_ray, t5_world):
         assert np.isnan(outcomes[0].loss) and np.isfinite(outcomes[1].loss) and np.isfinite(outcomes[3].loss)
         assert not np.isfinite(outcomes[2].loss)
         assert np.isfinite(pool.evaluate(np.zeros((2, 3)))[0].loss)  # the pool still works
+
+
+@pytest.mark.ray
+def test_batched_passes_give_the_same_result_whatever_the_actor_count(local_ray, t5_world):
+    config = _config(t5_world, budget=12, population=6)
+    one = run(config, PoolConfig(num_actors=1, candidates_per_pass=2), progress=False)
+    two = run(config, PoolConfig(num_actors=2, candidates_per_pass=2), progress=False)
+    assert [e.loss for e in one.history] == [e.loss for e in two.history]
+    assert one.weights == two.weights

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from lorahub_ray.zoo.build import build_zoo, load_manifest, normalize
+from lorahub_ray.zoo.evaluate import exact_match_accuracy, greedy_generate
+from lorahub_ray.zoo.models import build_model, make_tokenizer
+from lorahub_ray.zoo.tasks import get_task, splits
+from lorahub_ray.zoo.train import encode, train_lora
+
+pytestmark = pytest.mark.slow
+
+UPSTREAM = ["max_digit", "reverse_word", "lookup"]
+HELDOUT = ["biggest_digit", "digit_3"]
+FAST = {"base_steps": 8, "module_steps": 3, "n_train": 32, "n_test": 8}
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("zoo")
+    manifest = build_zoo(out, size="tiny", kinds=("t5", "llama"), tasks=UPSTREAM + HELDOUT, overrides=FAST,
+                         progress=False)
+    return out, manifest
+
+
+def test_manifest_format(zoo):
+    out, manifest = zoo
+    on_disk = load_manifest(out)
+    assert {k: v for k, v in manifest.items() if k != "built"} == on_disk
+    assert set(on_disk) == {"size", "seed", "bases", "modules", "heldout"}
+    assert on_disk["size"] == "tiny" and on_disk["seed"] == 0
+    assert on_disk["bases"] == {"t5": "t5/base", "llama": "llama/base"}
+    for kind in ("t5", "llama"):
+        entries = on_disk["modules"][kind]
+        assert [e["task"] for e in entries] == UPSTREAM
+        for e in entries:
+            assert set(e) == {"task", "path", "train_size", "final_loss", "base_accuracy_on_task",
+                              "module_accuracy_on_task"}
+            assert e["path"] == f"{kind}/modules/{e['task']}" and e["train_size"] == 32
+            assert 0.0 <= e["base_accuracy_on_task"] <= 1.0 and 0.0 <= e["module_accuracy_on_task"] <= 1.0
+            assert e["final_loss"] > 0
+    assert [h["task"] for h in on_disk["heldout"]] == HELDOUT
+    for h in on_disk["heldout"]:
+        fewshot = [json.loads(line) for line in (out / h["fewshot"]).read_text().splitlines()]
+        test = [json.loads(line) for line in (out / h["test"]).read_text().splitlines()]
+        assert len(fewshot) == 5 and len(test) == 8
+        assert fewshot == splits(get_task(h["task"]), 0, 32, 5, 8)["fewshot"]
+        assert not {e["input"] for e in fewshot} & {e["input"] for e in test}
+    assert not list(out.rglob(".tmp-*")), "temporary artifacts left behind"
+
+
+def test_base_models_load_like_hub_checkpoints(zoo):
+    out, _ = zoo
+    t5 = AutoModelForSeq2SeqLM.from_pretrained(out / "t5" / "base")
+    llama = AutoModelForCausalLM.from_pretrained(out / "llama" / "base")
+    assert t5.config.is_encoder_decoder and t5.config.decoder_start_token_id == 0
+    assert not llama.config.is_encoder_decoder
+    assert (llama.config.pad_token_id, llama.config.eos_token_id, llama.config.bos_token_id) == (0, 1, None)
+    tok = AutoTokenizer.from_pretrained(out / "t5" / "base")
+    assert (len(tok), tok.pad_token_id, tok.eos_token_id) == (384, 0, 1)
+    assert tok("ab")["input_ids"] == [100, 101, 1]
+
+
+@pytest.mark.parametrize(("kind", "targets"), [("t5", {"q", "v"}), ("llama", {"q_proj", "v_proj"})])
+def test_modules_load_with_peft_and_change_the_model(zoo, kind, targets):
+    out, _ = zoo
+    cls = AutoModelForSeq2SeqLM if kind == "t5" else AutoModelForCausalLM
+    base = cls.from_pretrained(out / kind / "base").eval()
+    tok = AutoTokenizer.from_pretrained(out / kind / "base")
+    batch = encode(tok, splits(get_task("lookup"), 0, 0, 0, 4)["test"], base.config.is_encoder_decoder)
+    with torch.no_grad():
+        before = base(**batch).logits
+    module_dir = out / kind / "modules" / "lookup"
+    config = json.loads((module_dir / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == targets
+    assert config["lora_alpha"] == 2 * config["r"] and config["lora_dropout"] == 0.0
+    model = PeftModel.from_pretrained(base, module_dir).eval()
+    with torch.no_grad():
+        after = model(**batch).logits
+    assert not torch.allclose(before, after), "a trained module must change the base model's output"
+
+
+def test_second_build_is_cached(zoo):
+    out, manifest = zoo
+    assert "t5/base" in manifest["built"] and "llama/modules/lookup" in manifest["built"]
+    watched = [p for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"]
+    mtimes = {p: p.stat().st_mtime_ns for p in watched}
+    again = build_zoo(out, size="tiny", kinds=("t5", "llama"), tasks=UPSTREAM + HELDOUT, overrides=FAST,
+                      progress=False)
+    assert again["built"] == []
+    assert {p: p.stat().st_mtime_ns for p in watched} == mtimes
+    assert {k: v for k, v in again.items() if k != "built"} == load_manifest(out)
+
+
+def test_changed_module_budget_rebuilds_modules_only(tmp_path):
+    kwargs = dict(size="tiny", kinds=("t5",), tasks=["max_digit"], progress=False)
+    first = build_zoo(tmp_path, overrides=FAST, **kwargs)
+    assert sorted(first["built"]) == ["t5/base", "t5/modules/max_digit"]
+    weights = load_file(tmp_path / "t5/modules/max_digit/adapter_model.safetensors")
+    second = build_zoo(tmp_path, overrides={**FAST, "module_steps": 4}, **kwargs)
+    assert second["built"] == ["t5/modules/max_digit"]
+    changed = load_file(tmp_path / "t5/modules/max_digit/adapter_model.safetensors")
+    assert any(not torch.equal(weights[k], changed[k]) for k in weights)
+
+
+def test_build_is_deterministic(tmp_path, zoo):
+    out, _ = zoo
+    other = build_zoo(tmp_path, size="tiny", kinds=("t5",), tasks=UPSTREAM + HELDOUT, overrides=FAST, progress=False)
+    for name in UPSTREAM:
+        a = load_file(out / "t5/modules" / name / "adapter_model.safetensors")
+        b = load_file(tmp_path / "t5/modules" / name / "adapter_model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert other["modules"]["t5"] == load_manifest(out)["modules"]["t5"]
+
+
+def test_encode_formats_examples_for_both_kinds():
+    tok = make_tokenizer()
+    ex = [{"input": "ab", "output": "c"}]
+    t5 = encode(tok, ex, encoder_decoder=True)
+    assert t5["input_ids"].tolist() == [[100, 101, 1]] and t5["labels"].tolist() == [[102, 1]]
+    dec = encode(tok, ex + [{"input": "a", "output": "cd"}], encoder_decoder=False)
+    assert dec["input_ids"].tolist() == [[100, 101, 102, 1], [100, 102, 103, 1]]
+    assert dec["labels"].tolist() == [[-100, -100, 102, 1], [-100, 102, 103, 1]]
+    two = encode(tok, [{"input": "abc", "output": "d"}, {"input": "a", "output": "de"}], encoder_decoder=True)
+    assert two["labels"].tolist() == [[103, 1, -100], [103, 104, 1]]
+    assert two["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+
+
+def test_modules_share_their_initialisation():
+    tok = make_tokenizer()
+    base = build_model("t5", "tiny")
+    data = splits(get_task("max_digit"), 0, 8, 0, 0)["train"]
+    other = splits(get_task("lookup"), 0, 8, 0, 0)["train"]
+    a, _ = train_lora(base, tok, data, ["q", "v"], rank=4, steps=0, progress=False)
+    b, _ = train_lora(base, tok, other, ["q", "v"], rank=4, steps=0, progress=False, seed=5)
+    sa = {k: v for k, v in a.state_dict().items() if "lora_A" in k}
+    sb = {k: v for k, v in b.state_dict().items() if "lora_A" in k}
+    assert sa and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not any("lora" in k for k in base.state_dict()), "training a module must leave the base untouched"
+
+
+def test_exact_match_normalisation_and_generation():
+    assert normalize(" True.\n") == "true"
+    tok = make_tokenizer()
+    for kind in ("t5", "llama"):
+        model = build_model(kind, "tiny")
+        inputs = ["Largest digit: 3 1\nAnswer:", "Evaluate: True\nAnswer:"]
+        preds = greedy_generate(model, tok, inputs, max_new_tokens=4)
+        assert preds == [greedy_generate(model, tok, [s], max_new_tokens=4)[0] for s in inputs]
+        examples = [{"input": s, "output": p + "."} for s, p in zip(inputs, preds)]
+        assert exact_match_accuracy(model, tok, examples, max_new_tokens=4) == 1.0
+        examples[0]["output"] = "not " + preds[0]
+        assert exact_match_accuracy(model, tok, examples, max_new_tokens=4) == 0.5
