@@ -7,6 +7,7 @@ Symbols: P candidates, N modules, E examples.
 from __future__ import annotations
 
 import math
+import os
 import time
 import traceback
 from collections.abc import Sequence
@@ -142,6 +143,10 @@ class Worker:
         except Exception:  # a failing candidate must not kill the pool
             loss, error = math.nan, traceback.format_exc(limit=3)
         return CandidateLoss(loss, time.perf_counter() - start, error)
+
+    def pid(self) -> int:
+        """This worker's process id (for memory measurements)."""
+        return os.getpid()
 
     def info(self) -> dict[str, str | int]:
         """Where this worker runs: device, dtype, torch threads."""

@@ -1,16 +1,25 @@
-"""Throughput of one evaluation: bare base-model forward vs in-place composition (merge / slot), and the
-Ray search's evaluations per second with 1 and 2 actors, on random models built offline.
+"""Throughput of LoraHub evaluations, measured side by side on the same model, modules and examples:
 
-    python benchmarks/throughput.py            # tiny and larger encoder-decoder, plus decoder-only
-    python benchmarks/throughput.py --quick    # tiny model only, under a minute
+  (a) reference  the reference's loop: rebuild the composed state dict, reload it, run the unmerged PEFT model
+  (b) bare       one forward pass of the base model alone (the physical limit of one evaluation)
+  (c) in-place   the engine's evaluation, one candidate at a time (merge; and the PEFT-slot variant)
+  (d) batched    the engine scoring a population of candidates in one forward pass
+  (e) ray        the whole search (ask, dispatch, evaluate, tell) on 1 and 2 Ray actors, evaluations/s
 
-Prints one line per case with its ratio against the bare forward, and writes benchmarks/results/throughput.json.
+plus dtype speed and loss difference, and each actor's extra memory with a 200-module store.
+
+    python benchmarks/throughput.py            # every case (several minutes on 2 CPU cores)
+    python benchmarks/throughput.py --quick    # the tiny model only, under a minute
+
+Every single-process timing uses one torch thread, as one actor with one CPU does. Prints ratios, writes
+benchmarks/results/throughput.json and benchmarks/results/throughput.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -20,32 +29,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actors import Worker, WorkerSpec
-from actors.loss import example_token_losses
-from lorahub_ray.config import PoolConfig
-from lorahub_ray.modules import load_stack
-from lorahub_ray.pool import WorkerPool
-from lorahub_ray.search import Search, minimize
-from lorahub_ray.toy import build_random_base, build_random_modules
-
 # ---- settings -------------------------------------------------------------------------------------------
 CASES = {  # name: (kind, d_model, layers per stack, heads, d_ff, modules, rank, example length in bytes)
-    "tiny-t5": ("t5", 64, 2, 4, 128, 3, 4, 40),
+    "tiny-t5": ("t5", 64, 2, 4, 128, 3, 4, 100),
     "t5-512x6": ("t5", 512, 6, 8, 2048, 20, 16, 100),
+    "t5-1024x4": ("t5", 1024, 4, 16, 4096, 20, 16, 100),
     "llama-512x6": ("llama", 512, 6, 8, 1408, 20, 16, 100),
 }
 QUICK_CASES = ["tiny-t5"]
-REPEATS = 7  # timed evaluations per measurement (median reported)
-SEARCH_BUDGET = 16  # evaluations per Ray search measurement (population 4)
-RESULTS = Path(__file__).parent / "results" / "throughput.json"
+REPEATS = 5  # timed evaluations per measurement (median reported)
+POPULATION = 8  # candidates per batched pass and per search generation
+SEARCH_BUDGET = 24  # evaluations per Ray search measurement
+DTYPES = ["bfloat16"] if not torch.cuda.is_available() else ["bfloat16", "float16"]
+STORE_MODULES = 200  # modules in the memory measurement
+RESULTS = Path(__file__).parent / "results"
 # ---------------------------------------------------------------------------------------------------------
+
+from actors import Worker, WorkerSpec  # noqa: E402
+from actors.examples import tokenize_examples  # noqa: E402
+from actors.loss import example_token_losses  # noqa: E402
+from lorahub_ray.config import PoolConfig  # noqa: E402
+from lorahub_ray.modules import load_stack  # noqa: E402
+from lorahub_ray.pool import WorkerPool  # noqa: E402
+from lorahub_ray.search import Search, minimize  # noqa: E402
+from lorahub_ray.toy import build_random_base, build_random_modules  # noqa: E402
 
 
 def make_examples(length: int, count: int = 5, seed: int = 0) -> list[dict[str, str]]:
     rng = np.random.default_rng(seed)
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz "))
     return [{"input": "".join(rng.choice(letters, length)) + "\nAnswer:",
-             "output": "".join(rng.choice(letters, max(4, length // 10)))} for _ in range(count)]
+             "output": "".join(rng.choice(letters, 8))} for _ in range(count)]
 
 
 def median_seconds(fn, repeats: int = REPEATS) -> float:
@@ -58,6 +72,42 @@ def median_seconds(fn, repeats: int = REPEATS) -> float:
     return statistics.median(times)
 
 
+def reference_evaluation(base: Path, modules: list[Path], examples: list[dict]):
+    """The reference's per-candidate work: a Python loop builds the weighted state dict, PEFT reloads it,
+    and the unmerged PEFT model computes the loss."""
+    from peft import PeftModel, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from actors.model import load_base
+
+    model, tokenizer = load_base(str(base), torch.device("cpu"))
+    peft_model = PeftModel.from_pretrained(model, str(modules[0])).eval()
+    states = [load_file(str(m / "adapter_model.safetensors")) for m in modules]
+    batch = tokenize_examples(tokenizer, examples, bool(model.config.is_encoder_decoder))
+
+    def evaluate(weights: np.ndarray) -> float:
+        composed = {}
+        for key in states[0]:
+            composed[key] = sum(float(w) * state[key] for w, state in zip(weights, states))
+        set_peft_model_state_dict(peft_model, composed)
+        with torch.no_grad():
+            return float(peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                    labels=batch.labels).loss)
+
+    return evaluate
+
+
+def ray_search_rate(base: Path, stack, examples, actors: int, candidates_per_pass: int) -> float:
+    spec = WorkerSpec(base=str(base), num_threads=1, candidates_per_pass=candidates_per_pass)
+    with WorkerPool(spec, stack, examples, PoolConfig(num_actors=actors)) as pool:
+        pool.evaluate(np.zeros((actors, stack.num_modules)))  # warm-up every actor
+        Search(stack.num_modules, 1).ask()  # warm-up the optimizer's imports
+        search = Search(stack.num_modules, SEARCH_BUDGET, population=POPULATION, seed=0)
+        start = time.perf_counter()
+        minimize(search, pool.evaluate)
+        return SEARCH_BUDGET / (time.perf_counter() - start)
+
+
 def measure_case(name: str, root: Path) -> dict:
     kind, d_model, layers, heads, d_ff, n_modules, rank, length = CASES[name]
     base = build_random_base(root / name / "base", kind, d_model=d_model, layers=layers, heads=heads, d_ff=d_ff)
@@ -66,52 +116,126 @@ def measure_case(name: str, root: Path) -> dict:
     examples = make_examples(length)
     rng = np.random.default_rng(0)
     torch.set_num_threads(1)
-    row: dict = {"case": name, "modules": n_modules, "rank": rank, "parameters": None}
-    for apply in ("merge", "slot"):
-        worker = Worker(WorkerSpec(base=str(base), apply=apply, device="cpu", num_threads=1), stack, examples)
-        if apply == "merge":
-            row["parameters"] = sum(p.numel() for p in worker.model.parameters())
-            row["bare_forward_s"] = median_seconds(lambda: example_token_losses(worker.model, worker.batch))
-        row[f"{apply}_eval_s"] = median_seconds(lambda: worker.loss(rng.uniform(-1.5, 1.5, n_modules)))
+    row: dict = {"case": name, "kind": kind, "d_model": d_model, "layers": layers, "modules": n_modules,
+                 "rank": rank}
+    reference = reference_evaluation(base, modules, examples)
+    row["a_reference_s"] = median_seconds(lambda: reference(rng.uniform(-1.5, 1.5, n_modules)))
+    worker = Worker(WorkerSpec(base=str(base), device="cpu", num_threads=1), stack, examples)
+    row["parameters"] = sum(p.numel() for p in worker.model.parameters())
+    row["b_bare_forward_s"] = median_seconds(lambda: example_token_losses(worker.model, worker.batch))
+    row["c_inplace_merge_s"] = median_seconds(lambda: worker.loss(rng.uniform(-1.5, 1.5, n_modules)))
+    population = rng.uniform(-1.5, 1.5, (POPULATION, n_modules))
+    row["d_batched_s"] = median_seconds(lambda: worker.losses(population)) / POPULATION
+    w = rng.uniform(-1.5, 1.5, n_modules)
+    float32_loss = worker.loss(w)
+    slot = Worker(WorkerSpec(base=str(base), device="cpu", num_threads=1, apply="slot"), stack, examples)
+    row["c_inplace_slot_s"] = median_seconds(lambda: slot.loss(rng.uniform(-1.5, 1.5, n_modules)))
+    row["dtypes"] = {}
+    for dtype in DTYPES:
+        low = Worker(WorkerSpec(base=str(base), device="cpu", num_threads=1, dtype=dtype), stack, examples)
+        row["dtypes"][dtype] = {"eval_s": median_seconds(lambda: low.loss(rng.uniform(-1.5, 1.5, n_modules))),
+                                "loss_abs_diff_vs_float32": abs(low.loss(w) - float32_loss)}
     for actors in (1, 2):
-        with WorkerPool(WorkerSpec(base=str(base), num_threads=1), stack, examples,
-                        PoolConfig(num_actors=actors)) as pool:
-            pool.evaluate(np.zeros((actors, n_modules)))  # warm-up
-            search = Search(n_modules, SEARCH_BUDGET, population=4, seed=0)
-            start = time.perf_counter()
-            minimize(search, pool.evaluate)
-            row[f"ray_{actors}_actor_evals_per_s"] = SEARCH_BUDGET / (time.perf_counter() - start)
+        for per_pass in (1, POPULATION // 2):
+            row[f"e_ray_{actors}_actors_pass{per_pass}_evals_per_s"] = ray_search_rate(
+                base, stack, examples, actors, per_pass)
     return row
 
 
+def store_memory(root: Path) -> dict:
+    """Each actor's extra unique memory when it holds a 200-module store, against the store's size."""
+    import psutil
+
+    import ray
+
+    kind, d_model, layers, heads, d_ff, _, rank, length = CASES["t5-512x6"]
+    base = build_random_base(root / "memory" / "base", kind, d_model=d_model, layers=layers, heads=heads, d_ff=d_ff)
+    module = build_random_modules(base, root / "memory" / "modules", 1, rank=rank, seed=2)[0]
+    examples = make_examples(length)
+    result = {}
+    for count in (1, STORE_MODULES):
+        stack = load_stack([str(module)])
+        stack = type(stack)(names=tuple(f"m{i}" for i in range(count)), layers=tuple(
+            type(layer)(layer.path, np.repeat(layer.A, count, axis=0), np.repeat(layer.B, count, axis=0))
+            for layer in stack.layers), scaling=stack.scaling, rank=stack.rank,
+            fan_in_fan_out=stack.fan_in_fan_out, peft_config=stack.peft_config)
+        with WorkerPool(WorkerSpec(base=str(base), num_threads=1), stack, examples, PoolConfig(num_actors=2)) as pool:
+            pool.evaluate(np.zeros((2, count)))
+            pids = ray.get([actor.pid.remote() for actor in pool.actors])
+            result[count] = {"store_bytes": stack.nbytes,
+                             "actor_uss_bytes": [psutil.Process(pid).memory_full_info().uss for pid in pids]}
+    extra = [big - small for big, small in zip(result[STORE_MODULES]["actor_uss_bytes"], result[1]["actor_uss_bytes"])]
+    store = result[STORE_MODULES]["store_bytes"]
+    return {"modules": STORE_MODULES, "store_bytes": store, "per_actor_extra_uss_bytes": extra,
+            "per_actor_extra_fraction_of_store": [e / store for e in extra]}
+
+
+def report(row: dict) -> None:
+    bare = row["b_bare_forward_s"]
+    print(f"\n{row['case']}: {row['parameters'] / 1e6:.1f}M parameters, {row['modules']} rank-{row['rank']} modules")
+    print(f"  (a) reference loop     {row['a_reference_s'] * 1e3:9.1f} ms/eval")
+    print(f"  (b) bare forward       {bare * 1e3:9.1f} ms/eval")
+    print(f"  (c) in-place merge     {row['c_inplace_merge_s'] * 1e3:9.1f} ms/eval  = {row['c_inplace_merge_s'] / bare:.2f}x (b), "
+          f"{row['a_reference_s'] / row['c_inplace_merge_s']:.1f}x faster than (a)")
+    print(f"      in-place slot      {row['c_inplace_slot_s'] * 1e3:9.1f} ms/eval  = {row['c_inplace_slot_s'] / bare:.2f}x (b)")
+    print(f"  (d) batched x{POPULATION}         {row['d_batched_s'] * 1e3:9.1f} ms/eval  = "
+          f"{row['c_inplace_merge_s'] / row['d_batched_s']:.2f}x the rate of (c)")
+    for dtype, figures in row["dtypes"].items():
+        print(f"      {dtype:9s}          {figures['eval_s'] * 1e3:9.1f} ms/eval  = "
+              f"{row['c_inplace_merge_s'] / figures['eval_s']:.2f}x float32 speed, |loss diff| "
+              f"{figures['loss_abs_diff_vs_float32']:.2e}")
+    for per_pass in (1, POPULATION // 2):
+        one, two = (row[f"e_ray_{k}_actors_pass{per_pass}_evals_per_s"] for k in (1, 2))
+        print(f"  (e) ray search, {per_pass} per pass: 1 actor {one:7.2f} eval/s, 2 actors {two:7.2f} eval/s "
+              f"= {two / one:.2f}x")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = ["(a) reference", "(b) bare", "(c) in-place", "(d) batched"]
+    keys = ["a_reference_s", "b_bare_forward_s", "c_inplace_merge_s", "d_batched_s"]
+    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.5), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        ax.bar(labels, [row[k] * 1e3 for k in keys], color=["#999", "#555", "#1f77b4", "#2ca02c"])
+        ax.set_title(f"{row['case']} ({row['parameters'] / 1e6:.1f}M)")
+        ax.set_ylabel("ms per evaluation")
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model only")
+    parser = argparse.ArgumentParser(description="LoraHub evaluation throughput, side by side")
+    parser.add_argument("--quick", action="store_true", help="the tiny model only, no memory measurement")
     args = parser.parse_args()
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    rows = []
+    rows, started = [], time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for name in QUICK_CASES if args.quick else CASES:
-            row = measure_case(name, Path(tmp))
-            rows.append(row)
-            bare = row["bare_forward_s"]
-            print(f"{name:12s} {row['parameters'] / 1e6:6.1f}M params | bare forward {bare * 1e3:8.1f} ms | "
-                  f"merge {row['merge_eval_s'] * 1e3:8.1f} ms ({row['merge_eval_s'] / bare:.2f}x bare) | "
-                  f"slot {row['slot_eval_s'] * 1e3:8.1f} ms ({row['slot_eval_s'] / bare:.2f}x bare) | "
-                  f"ray 1 actor {row['ray_1_actor_evals_per_s']:.1f} eval/s, 2 actors "
-                  f"{row['ray_2_actor_evals_per_s']:.1f} eval/s "
-                  f"({row['ray_2_actor_evals_per_s'] / row['ray_1_actor_evals_per_s']:.2f}x)", flush=True)
+            rows.append(measure_case(name, Path(tmp)))
+            report(rows[-1])
+        memory = None if args.quick else store_memory(Path(tmp))
     ray.shutdown()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    if memory:
+        print(f"\nstore of {memory['modules']} modules ({memory['store_bytes'] / 2**20:.0f} MiB): per-actor extra "
+              f"memory {[f'{f:.1%}' for f in memory['per_actor_extra_fraction_of_store']]} of the store")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "throughput_quick" if args.quick else "throughput"
+    (RESULTS / f"{name}.json").write_text(json.dumps({
         "command": "python benchmarks/throughput.py" + (" --quick" if args.quick else ""),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": __import__("os").cpu_count(), "torch": torch.__version__},
-        "threads_per_evaluation": 1, "cases": rows,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+        "threads_per_evaluation": 1, "population": POPULATION, "wall_seconds": time.time() - started,
+        "cases": rows, "store_memory": memory,
     }, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    plot(rows, RESULTS / f"{name}.png")
+    print(f"wrote {RESULTS / name}.json and .png")
 
 
 if __name__ == "__main__":
