@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lorahub_ray.config import OPTIMIZER_NAMES, PoolConfig, RunConfig
-from lorahub_ray.errors import LoraHubRayError
+from lorahub_ray.errors import ConfigError, LoraHubRayError
 
 
 def _pool_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,10 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     search = commands.add_parser("search", help="find composition weights for a few examples and write the adapter")
-    search.add_argument("--base", required=True, help="base model: local directory or hub id")
-    search.add_argument("--modules", nargs="+", required=True, help="LoRA adapters: local directories or hub ids")
-    search.add_argument("--examples", required=True, help='JSONL file, one {"input": ..., "output": ...} per line')
-    search.add_argument("--output", required=True, help="directory for adapter/ and result.json (new or empty)")
+    search.add_argument("--base", help="base model: local directory or hub id")
+    search.add_argument("--modules", nargs="+", help="LoRA adapters: local directories or hub ids")
+    search.add_argument("--examples", help='JSONL file, one {"input": ..., "output": ...} per line')
+    search.add_argument("--output", help="directory for adapter/ and result.json (new or empty); holds "
+                                         "checkpoint.json while the search runs")
+    search.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR (its --output); "
+                                                        "takes its settings from DIR/checkpoint.json")
     search.add_argument("--budget", type=int, default=40, help="evaluations, exactly (default 40)")
     search.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="cma")
     search.add_argument("--population", type=int, default=None, help="candidates per generation (cma)")
@@ -78,13 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from lorahub_ray.run import run
+    from lorahub_ray.run import resume, run
 
-    config = RunConfig(base=args.base, modules=args.modules, examples=args.examples, budget=args.budget,
-                       optimizer=args.optimizer, population=args.population, mode=args.mode,
-                       objective=args.objective, l1=args.l1, seed=args.seed)
-    result = run(config, _pool_config(args), args.output, merge=args.merge, overwrite=args.overwrite,
-                 progress=not args.quiet)
+    if args.resume:
+        if args.base or args.modules or args.examples or args.output:
+            raise ConfigError("--resume takes the search's settings from its checkpoint; "
+                              "do not pass --base, --modules, --examples or --output with it")
+        result = resume(args.resume, _pool_config(args), merge=args.merge, progress=not args.quiet)
+    else:
+        missing = [f"--{name}" for name in ("base", "modules", "examples", "output") if not getattr(args, name)]
+        if missing:
+            raise ConfigError(f"search needs {', '.join(missing)} (or --resume DIR)")
+        config = RunConfig(base=args.base, modules=args.modules, examples=args.examples, budget=args.budget,
+                           optimizer=args.optimizer, population=args.population, mode=args.mode,
+                           objective=args.objective, l1=args.l1, seed=args.seed)
+        result = run(config, _pool_config(args), args.output, merge=args.merge, overwrite=args.overwrite,
+                     progress=not args.quiet)
     print(f"best score {result.best_score:.4f} (loss {result.best_loss:.4f}) after {result.evaluations} evaluations")
     for name, weight in sorted(result.weights.items(), key=lambda kv: -abs(kv[1]))[:10]:
         print(f"  {weight:+.3f}  {name}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from actors import LoraStack, WorkerSpec
 from lorahub_ray.base import check_base
+from lorahub_ray.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from lorahub_ray.config import PoolConfig, RunConfig
 from lorahub_ray.data import load_examples
 from lorahub_ray.errors import ConfigError, InefficientSettingsWarning, WorkerError
@@ -62,43 +63,53 @@ class SearchResult:
 
 def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | None = None, *,
         merge: bool = False, overwrite: bool = False, progress: bool = True,
-        on_generation: Callable[[Search], None] | None = None) -> SearchResult:
+        on_generation: Callable[[Search], None] | None = None,
+        history: Sequence[Evaluation] = ()) -> SearchResult:
     """Search composition weights for ``config`` on a pool of evaluators and write the result to ``output``.
 
     Args:
         config: what to search (base, modules, examples, optimizer, budget, seed...).
         pool: where to evaluate (actors, resources, cluster); default one local actor.
-        output: directory for ``adapter/`` and ``result.json`` (and ``merged/`` with ``merge``); ``None`` writes nothing.
+        output: directory for ``adapter/`` and ``result.json`` (and ``merged/`` with ``merge``); while the
+            search runs it holds ``checkpoint.json``, rewritten after every generation (see `resume`).
+            ``None`` writes nothing.
         merge: also write the base model with the adapter merged in.
-        overwrite: replace an ``output`` that already holds files.
+        overwrite: clear an ``output`` that already holds files (before the search starts).
         progress: show a progress bar.
-        on_generation: called with the `Search` after each generation.
+        on_generation: called with the `Search` after each generation (after the checkpoint is written).
+        history: evaluations of an interrupted search with this ``config``, to continue from.
 
     Returns:
-        The `SearchResult`; the files appear in ``output`` only once everything succeeded.
+        The `SearchResult`; ``adapter/`` and ``result.json`` appear in ``output`` only once everything succeeded.
 
     Raises:
-        LoraHubRayError: bad settings or inputs (nothing is written), or a pool that cannot evaluate.
+        LoraHubRayError: bad settings or inputs (checked before anything is written), or a pool that cannot evaluate.
     """
     pool = pool or PoolConfig()
     examples = load_examples(config.examples)
     stack = load_stack(config.modules)
     check_base(stack, config.base)
-    final, staging = _plan_output(output, overwrite)
+    final = _check_output(output, overwrite, resuming=bool(history))
     search = Search(stack.num_modules, config.budget, config.optimizer, config.population,
                     config.seed, config.l1, config.bound)
+    search.replay(history)
     if search.population > 1 and pool.num_actors > 1 and search.population % pool.num_actors:
         warnings.warn(f"a population of {search.population} does not divide over {pool.num_actors} actors: "
                       "some actors idle at the end of each generation", InefficientSettingsWarning, stacklevel=2)
+    if final is not None and overwrite and not history and final.exists():
+        shutil.rmtree(final)
     spec = WorkerSpec(base=config.base, mode=config.mode, apply=pool.apply, objective=config.objective,
                       reference_batch_size=config.reference_batch_size,
                       example_batch_size=pool.example_batch_size, dtype=pool.dtype, device=pool.device,
                       num_threads=pool.threads_per_actor, candidates_per_pass=pool.candidates_per_pass)
     with WorkerPool(spec, stack, examples, pool) as workers, \
-            tqdm(total=config.budget, desc="evaluations", unit="eval", disable=not progress) as bar:
+            tqdm(total=config.budget, initial=len(search.history), desc="evaluations", unit="eval",
+                 disable=not progress) as bar:
         def after_generation(s: Search) -> None:
             if all(e.loss is None for e in s.history):
                 raise WorkerError(f"every candidate so far failed; the first error:\n{s.history[0].error}")
+            if final is not None:
+                save_checkpoint(final, config, s.history)
             bar.update(len(s.history) - bar.n)
             bar.set_postfix(best=f"{s.best.score:.4f}")
             if on_generation is not None:
@@ -109,39 +120,58 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
         weights=dict(zip(stack.names, best.weights)), best_score=best.score, best_loss=best.loss,
         evaluations=len(search.history), history=search.history, config=config, output=final, stack=stack,
     )
-    if staging is not None:
-        _write_output(result, staging, final, merge)
+    if final is not None:
+        _write_output(result, final, merge)
     return result
 
 
-def _plan_output(output: str | Path | None, overwrite: bool) -> tuple[Path | None, Path | None]:
-    """Check the output directory before any work; results are written to a sibling staging dir first."""
+def resume(output: str | Path, pool: PoolConfig | None = None, **options: object) -> SearchResult:
+    """Continue the interrupted search whose checkpoint is in ``output``, to the result it would have had.
+
+    Args:
+        output: the ``output`` directory of the interrupted `run`.
+        pool: where to evaluate now (any actor count; the same per-actor resources give the same result).
+        options: `run`'s keyword options (``merge``, ``progress``, ``on_generation``).
+    """
+    config, history = load_checkpoint(Path(output))
+    return run(config, pool, output, history=history, **options)
+
+
+def _check_output(output: str | Path | None, overwrite: bool, resuming: bool) -> Path | None:
+    """Check the output directory before any work."""
     if output is None:
-        return None, None
+        return None
     final = Path(output).resolve()
     if final.exists() and not final.is_dir():
         raise ConfigError(f"output {str(final)!r} is a file; expected a directory (new or empty)")
-    if final.is_dir() and any(final.iterdir()) and not overwrite:
-        raise ConfigError(f"output {str(final)!r} already holds files; choose a new directory or pass overwrite")
+    if (final / RESULT_FILE).exists() and resuming:
+        raise ConfigError(f"output {str(final)!r} already holds a finished search ({RESULT_FILE}); nothing to resume")
+    if final.is_dir() and any(final.iterdir()) and not (overwrite or resuming):
+        raise ConfigError(f"output {str(final)!r} already holds files; choose a new directory, pass overwrite, "
+                          "or resume it if it holds an interrupted search")
     if not final.parent.is_dir():
         raise ConfigError(f"output's parent {str(final.parent)!r} does not exist")
-    return final, final.parent / f".{final.name}.partial-{os.getpid()}"
+    return final
 
 
-def _write_output(result: SearchResult, staging: Path, final: Path, merge: bool) -> None:
-    """Write everything into ``staging``, then swap it into place: never a half-written ``final``."""
+def _write_output(result: SearchResult, final: Path, merge: bool) -> None:
+    """Write the results into a staging dir inside ``final``, then move them into place, ``result.json`` last."""
     import numpy as np
 
+    staging = final / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir()
         adapter = write_adapter(staging / ADAPTER_DIR, result.stack, np.array(list(result.weights.values())),
                                 result.config.mode, result.config.base)
-        write_json(staging / RESULT_FILE, result.to_dict())
         if merge:
             write_merged(staging / MERGED_DIR, result.config.base, adapter)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+        write_json(staging / RESULT_FILE, result.to_dict())
+        for name in (ADAPTER_DIR, MERGED_DIR, RESULT_FILE):
+            if (staging / name).exists():
+                if (final / name).is_dir():
+                    shutil.rmtree(final / name)
+                os.replace(staging / name, final / name)
+        (final / CHECKPOINT_FILE).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import nevergrad as ng
 import numpy as np
 
-from lorahub_ray.errors import BadLossWarning, ConfigError
+from lorahub_ray.errors import BadLossWarning, ConfigError, InputError
 
 FIRST_FAILURE_SCORE = 1e4  # score of a failed candidate before any candidate succeeded
 
@@ -143,6 +143,30 @@ class Search:
             ))
         self._pending = []
         self.generation += 1
+
+    def replay(self, history: Sequence[Evaluation]) -> None:
+        """Restore the state of a search that recorded ``history`` (whole generations) with the same settings.
+
+        Each generation is asked again and must match what was recorded; the recorded scores are told back.
+
+        Raises:
+            InputError: the history does not come from a search with these settings and seed.
+        """
+        done = 0
+        while done < len(history):
+            population = self.ask()
+            recorded = history[done : done + len(population)]
+            if len(recorded) != len(population) or not np.allclose(
+                    population, [e.weights for e in recorded], rtol=0, atol=1e-12):
+                self._pending = []
+                raise InputError(f"the recorded evaluations {done}..{done + len(population) - 1} differ from what "
+                                 "this optimizer proposes: the checkpoint comes from other settings or versions")
+            for candidate, evaluation in zip(self._pending, recorded):
+                self.optimizer.tell(candidate, evaluation.score)
+            self.history.extend(recorded)
+            self._pending = []
+            self.generation += 1
+            done += len(recorded)
 
     def _score(self, weights: np.ndarray, outcome: Outcome) -> float:
         if outcome.error is None and math.isfinite(outcome.loss):

@@ -93,3 +93,39 @@ def test_evaluate_rejects_a_directory_that_is_not_an_adapter(t5_world, examples_
     args = ["evaluate", "--base", t5_world["base"], "--adapter", str(tmp_path), "--examples", str(examples_file)]
     assert main(args) == 2
     assert "is not a PEFT adapter directory" in capsys.readouterr().err
+
+
+def test_a_killed_search_resumes_to_the_uninterrupted_result(t5_world, examples_file, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    output = tmp_path / "out"
+    args = _search_args(t5_world, examples_file, output)
+    args[args.index("--budget") + 1] = "600"
+    driver = subprocess.Popen([sys.executable, "-m", "lorahub_ray.cli", *args], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    checkpoint = output / "checkpoint.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and driver.poll() is None:
+        if checkpoint.exists() and len(json.loads(checkpoint.read_text())["history"]) >= 20:
+            break
+        time.sleep(0.02)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    recorded = len(json.loads(checkpoint.read_text())["history"])
+    assert 20 <= recorded < 600 and not (output / "result.json").exists()
+
+    assert main(["search", "--resume", str(output), "--actors", "0", "--quiet"]) == 0
+    again = _search_args(t5_world, examples_file, tmp_path / "uninterrupted")
+    again[again.index("--budget") + 1] = "600"
+    assert main(again) == 0
+    resumed = json.loads((output / "result.json").read_text())
+    uninterrupted = json.loads((tmp_path / "uninterrupted" / "result.json").read_text())
+    def trajectory(result):
+        return [(h["weights"], h["score"], h["loss"]) for h in result["history"]]
+
+    assert len(resumed["history"]) == 600 and trajectory(resumed) == trajectory(uninterrupted)
+    assert resumed["weights"] == uninterrupted["weights"]

@@ -53,13 +53,41 @@ def test_merge_option_writes_a_loadable_merged_model(t5_world, tmp_path):
     assert loss == pytest.approx(result.best_loss, rel=1e-4)
 
 
-def test_nothing_is_left_in_output_when_the_search_fails(t5_world, tmp_path):
+def test_an_interrupted_search_leaves_only_its_checkpoint_and_resumes_to_the_same_result(t5_world, tmp_path):
+    from lorahub_ray.run import resume
+
+    def interrupt(search):
+        if search.generation == 2:
+            raise KeyboardInterrupt
+
+    config = _config(t5_world, budget=12, population=3)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, PoolConfig(num_actors=0), tmp_path / "out", progress=False, on_generation=interrupt)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["checkpoint.json"]
+    resumed = resume(tmp_path / "out", PoolConfig(num_actors=0), progress=False)
+    uninterrupted = run(config, PoolConfig(num_actors=0), tmp_path / "again", progress=False)
+    assert [(e.weights, e.loss) for e in resumed.history] == [(e.weights, e.loss) for e in uninterrupted.history]
+    assert resumed.weights == uninterrupted.weights
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["adapter", "result.json"]
+
+
+def test_nothing_is_written_when_the_search_fails_before_its_first_generation(t5_world, tmp_path):
     def interrupt(search):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run(_config(t5_world), PoolConfig(num_actors=0), tmp_path / "out", progress=False, on_generation=interrupt)
+        run(_config(t5_world), PoolConfig(num_actors=0), None, progress=False, on_generation=interrupt)
+    with pytest.raises(Exception, match="does not exist"):
+        run(_config(t5_world, examples=str(tmp_path / "none.jsonl")), PoolConfig(num_actors=0), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_replaying_a_foreign_history_is_refused(t5_world, tmp_path):
+    from lorahub_ray.errors import InputError
+
+    history = run(_config(t5_world, seed=1), PoolConfig(num_actors=0), progress=False).history
+    with pytest.raises(InputError, match="checkpoint comes from other settings"):
+        run(_config(t5_world, seed=2), PoolConfig(num_actors=0), tmp_path / "out", history=history, progress=False)
 
 
 @pytest.mark.ray

@@ -85,3 +85,15 @@ def test_ask_twice_without_tell_is_an_error():
     search.ask()
     with pytest.raises(RuntimeError, match="tell"):
         search.ask()
+
+
+@pytest.mark.parametrize("optimizer", ["cma", "ngopt"])
+def test_replaying_recorded_generations_restores_the_search_exactly(optimizer):
+    whole = Search(5, 18, optimizer=optimizer, population=3, seed=5)
+    minimize(whole, sphere)
+    cut = 9
+    resumed = Search(5, 18, optimizer=optimizer, population=3, seed=5)
+    resumed.replay(whole.history[:cut])
+    assert len(resumed.history) == cut and resumed.remaining == 18 - cut
+    minimize(resumed, sphere)
+    assert [e.weights for e in resumed.history] == [e.weights for e in whole.history]
