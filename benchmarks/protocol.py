@@ -1,0 +1,143 @@
+"""The LoraHub evaluation protocol shared by the quality and BBH benchmarks: one task, one seed, every method.
+
+A `Case` is a base model, the candidate modules (already sampled), the few-shot examples and the test split.
+Each method returns test exact match (percent). Compositions are applied in place on one in-process worker,
+exactly as the search's actors apply them, and scored by greedy generation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from actors import Worker, WorkerSpec
+from lorahub_ray.config import PoolConfig
+from lorahub_ray.evaluate import exact_match
+from lorahub_ray.modules import load_stack
+from lorahub_ray.pool import WorkerPool
+from lorahub_ray.search import Search, minimize
+
+
+@dataclass
+class Case:
+    """One task under one seed: base model, sampled modules, few-shot examples and test examples."""
+
+    base: str
+    modules: list[str]
+    fewshot: list[dict[str, str]]
+    test: list[dict[str, str]]
+    seed: int
+    max_new_tokens: int = 16
+    worker: Worker = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.stack = load_stack(self.modules)
+        self.worker = Worker(WorkerSpec(base=self.base, device="cpu", num_threads=1), self.stack, self.fewshot)
+
+    def accuracy(self, weights: np.ndarray) -> float:
+        """Test exact match with the composition ``weights`` applied in place."""
+        self.worker.cache.apply(np.asarray(weights, dtype=float))
+        return exact_match(self.worker.model, self.worker.tokenizer, self.test,
+                           max_new_tokens=self.max_new_tokens).accuracy
+
+
+def zero_shot(case: Case) -> float:
+    return case.accuracy(np.zeros(case.stack.num_modules))
+
+
+def best_single_module(case: Case) -> float:
+    """The module with the lowest few-shot loss, alone."""
+    losses = [r.loss for r in case.worker.evaluate(np.eye(case.stack.num_modules))]
+    return case.accuracy(np.eye(case.stack.num_modules)[int(np.argmin(losses))])
+
+
+def uniform_average(case: Case) -> float:
+    n = case.stack.num_modules
+    return case.accuracy(np.full(n, 1.0 / n))
+
+
+def in_context(case: Case) -> float:
+    """The few-shot examples placed before each test input (no adapter)."""
+    prefix = "".join(f"{ex['input']} {ex['output']}\n\n" for ex in case.fewshot)
+    prompted = [{"input": prefix + ex["input"], "output": ex["output"]} for ex in case.test]
+    case.worker.cache.apply(np.zeros(case.stack.num_modules))
+    return exact_match(case.worker.model, case.worker.tokenizer, prompted, max_new_tokens=case.max_new_tokens).accuracy
+
+
+def lora_finetune(case: Case, steps: int = 100, rank: int | None = None, lr: float = 5e-3) -> float:
+    """A LoRA of the modules' rank and targets trained on the few-shot examples only."""
+    from lorahub_ray.zoo.train import train_lora
+
+    from actors.model import load_base
+
+    model, tokenizer = load_base(case.base, torch.device("cpu"))
+    targets = case.stack.peft_config["target_modules"]
+    tuned, _ = train_lora(model, tokenizer, case.fewshot, targets, rank=rank or case.stack.rank, steps=steps,
+                          batch_size=len(case.fewshot), lr=lr, seed=case.seed, progress=False)
+    return exact_match(tuned.eval(), tokenizer, case.test, max_new_tokens=case.max_new_tokens).accuracy
+
+
+@dataclass
+class SearchRun:
+    """A LoraHub search's trajectory: the best score after each evaluation and when each generation ended."""
+
+    history: list
+    generation_ends: list[tuple[float, int]]  # (seconds since start, evaluations so far)
+
+    def best_within(self, seconds: float) -> np.ndarray:
+        """The best weights among the generations that had finished ``seconds`` after the start."""
+        done = max([n for t, n in self.generation_ends if t <= seconds] or [self.generation_ends[0][1]])
+        return np.array(min(self.history[:done], key=lambda e: e.score).weights)
+
+    def best_scores(self) -> list[float]:
+        return list(np.minimum.accumulate([e.score for e in self.history]))
+
+
+def lorahub_search(case: Case, optimizer: str, budget: int, actors: int = 0, population: int | None = None,
+                   l1: float = 0.05) -> SearchRun:
+    """Run a search on ``actors`` Ray actors (0: in this process) and record its timeline."""
+    spec = WorkerSpec(base=case.base, num_threads=1)
+    with WorkerPool(spec, case.stack, case.fewshot, PoolConfig(num_actors=actors)) as pool:
+        search = Search(case.stack.num_modules, budget, optimizer, population, seed=case.seed, l1=l1)
+        ends: list[tuple[float, int]] = []
+        start = time.perf_counter()
+        minimize(search, pool.evaluate, lambda s: ends.append((time.perf_counter() - start, len(s.history))))
+    return SearchRun(search.history, ends)
+
+
+def run_methods(case: Case, methods: Sequence[str], budget: int = 40, parallel_actors: int = 2) -> dict:
+    """Every requested method's accuracy on ``case``, plus the searches' convergence and timings."""
+    scores: dict = {}
+    runs: dict = {}
+    simple = {"zero_shot": zero_shot, "best_single": best_single_module, "uniform": uniform_average,
+              "in_context": in_context, "lora_finetune": lora_finetune}
+    for method in methods:
+        if method in simple:
+            scores[method] = simple[method](case)
+        elif method == "lorahub_ngopt":
+            runs[method] = lorahub_search(case, "ngopt", budget)
+        elif method == "lorahub_cma":
+            runs[method] = lorahub_search(case, "cma", budget)
+        elif method == "lorahub_cma_2actors_equal_time":
+            runs[method] = lorahub_search(case, "cma", 4 * budget, actors=parallel_actors)
+        else:
+            raise ValueError(f"unknown method {method!r}")
+    reference_seconds = runs["lorahub_ngopt"].generation_ends[-1][0] if "lorahub_ngopt" in runs else None
+    for method, run in runs.items():
+        if method == "lorahub_cma_2actors_equal_time":
+            if reference_seconds is None:
+                raise ValueError("the equal-time method needs lorahub_ngopt in the same run")
+            weights = run.best_within(reference_seconds)
+        else:
+            weights = np.array(min(run.history, key=lambda e: e.score).weights)
+        scores[method] = case.accuracy(weights)
+    return {"accuracy": scores, "convergence": {m: r.best_scores() for m, r in runs.items()},
+            "seconds": {m: r.generation_ends[-1][0] for m, r in runs.items()},
+            "reference_seconds": reference_seconds,
+            "equal_time_evaluations": (max([n for t, n in runs["lorahub_cma_2actors_equal_time"].generation_ends
+                                             if t <= reference_seconds] or [0])
+                                       if reference_seconds and "lorahub_cma_2actors_equal_time" in runs else None)}

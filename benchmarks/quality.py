@@ -1,0 +1,137 @@
+"""Quality of LoraHub on the offline zoo's held-out tasks, against zero-shot, the best single module, the
+uniform average, LoRA fine-tuning on the same five examples, and in-context learning.
+
+    python benchmarks/quality.py                  # encoder-decoder zoo, every held-out task x 5 seeds
+    python benchmarks/quality.py --model llama    # the decoder-only zoo
+    python benchmarks/quality.py --quick          # 3 tasks x 2 seeds
+
+Each seed draws a different random sample of 20 modules and of the 5 examples (from the task's training
+split). LoraHub runs with the reference optimizer (sequential NGOpt, budget 40), with CMA-ES (budget 40),
+and with CMA-ES on 2 actors given the wall-clock time of the reference run. Writes
+benchmarks/results/quality[_<model>].json and .png (accuracy per method, and the searches' convergence).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from protocol import Case, run_methods  # noqa: E402
+
+from lorahub_ray.zoo.build import DEFAULT_ZOO_DIR, build_zoo, load_manifest  # noqa: E402
+from lorahub_ray.zoo.tasks import get_task, splits  # noqa: E402
+
+# ---- settings -------------------------------------------------------------------------------------------
+SEEDS = [1, 2, 3, 4, 5]
+MODULES_PER_RUN = 20
+BUDGET = 40
+METHODS = ["zero_shot", "in_context", "best_single", "uniform", "lora_finetune", "lorahub_ngopt", "lorahub_cma",
+           "lorahub_cma_2actors_equal_time"]
+RESULTS = Path(__file__).parent / "results"
+# ---------------------------------------------------------------------------------------------------------
+
+
+def cases(zoo: Path, manifest: dict, kind: str, tasks: list[str], seeds: list[int]):
+    """Yield (task, seed, Case): each seed samples its own 20 modules and 5 training examples."""
+    base = str(zoo / manifest["bases"][kind])
+    pool = [str(zoo / m["path"]) for m in manifest["modules"][kind]]
+    for task in tasks:
+        data = splits(get_task(task), manifest["seed"])
+        test = [json.loads(line) for line in (zoo / f"tasks/{task}/test.jsonl").read_text().splitlines()]
+        for seed in seeds:
+            rng = random.Random(f"{task}/{seed}")
+            modules = sorted(rng.sample(pool, min(MODULES_PER_RUN, len(pool))))
+            yield task, seed, Case(base, modules, rng.sample(data["train"], 5), test, seed)
+
+
+def summarise(per_task: dict[str, dict[str, list[float]]]) -> dict:
+    """Per method: average and best over seeds, per task and overall (overall = mean over tasks)."""
+    summary = {}
+    for method, tasks in per_task.items():
+        avg = {t: float(np.mean(v)) for t, v in tasks.items()}
+        best = {t: float(np.max(v)) for t, v in tasks.items()}
+        summary[method] = {"avg": float(np.mean(list(avg.values()))), "best": float(np.mean(list(best.values()))),
+                           "per_task": {t: {"avg": avg[t], "best": best[t], "runs": tasks[t]} for t in tasks}}
+    return summary
+
+
+def plot(summary: dict, convergence: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    methods = list(summary)
+    left.bar(methods, [summary[m]["avg"] for m in methods], color="#1f77b4", label="average over seeds")
+    left.scatter(methods, [summary[m]["best"] for m in methods], color="k", marker="_", s=300, label="best seed")
+    left.set_ylabel("held-out exact match (%)")
+    left.tick_params(axis="x", rotation=35)
+    left.legend()
+    for method, curves in convergence.items():
+        length = min(len(c) for c in curves)
+        right.plot(np.mean([c[:length] for c in curves], axis=0), label=method)
+    right.set_xlabel("evaluations")
+    right.set_ylabel("best few-shot score (mean over runs)")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="LoraHub quality on the offline zoo")
+    parser.add_argument("--zoo", type=Path, default=DEFAULT_ZOO_DIR, help="zoo directory (built if missing)")
+    parser.add_argument("--model", choices=["t5", "llama"], default="t5")
+    parser.add_argument("--quick", action="store_true", help="3 tasks x 2 seeds")
+    args = parser.parse_args()
+    import ray
+
+    if not (args.zoo / "manifest.json").is_file() or args.model not in load_manifest(args.zoo)["bases"]:
+        build_zoo(args.zoo, kinds=tuple(sorted({"t5", args.model})))
+    manifest = load_manifest(args.zoo)
+    tasks = [entry["task"] for entry in manifest["heldout"]][: 3 if args.quick else None]
+    seeds = SEEDS[: 2 if args.quick else None]
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    per_task: dict = {m: {} for m in METHODS}
+    convergence: dict = {}
+    runs = []
+    started = time.time()
+    for task, seed, case in cases(args.zoo, manifest, args.model, tasks, seeds):
+        outcome = run_methods(case, METHODS, budget=BUDGET)
+        runs.append({"task": task, "seed": seed, **outcome})
+        for method, accuracy in outcome["accuracy"].items():
+            per_task[method].setdefault(task, []).append(accuracy)
+        for method, curve in outcome["convergence"].items():
+            convergence.setdefault(method, []).append(curve)
+        print(f"{task:28s} seed {seed}: " + "  ".join(f"{m} {a:5.1f}" for m, a in outcome["accuracy"].items()),
+              flush=True)
+    ray.shutdown()
+    summary = summarise(per_task)
+    print(f"\n{'method':34s} {'avg':>6s} {'best':>6s}")
+    for method, figures in summary.items():
+        print(f"{method:34s} {figures['avg']:6.1f} {figures['best']:6.1f}")
+    suffix = "" if args.model == "t5" else f"_{args.model}"
+    suffix += "_quick" if args.quick else ""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"quality{suffix}.json").write_text(json.dumps({
+        "command": " ".join(["python benchmarks/quality.py", *sys.argv[1:]]),
+        "machine": {"platform": platform.platform(), "processor": platform.machine()},
+        "wall_seconds": time.time() - started, "zoo_size": manifest["size"], "model": args.model,
+        "tasks": tasks, "seeds": seeds, "modules_per_run": MODULES_PER_RUN, "budget": BUDGET,
+        "methods": summary, "runs": runs,
+    }, indent=1) + "\n")
+    plot(summary, convergence, RESULTS / f"quality{suffix}.png")
+    print(f"wrote {RESULTS}/quality{suffix}.json and .png")
+
+
+if __name__ == "__main__":
+    main()
