@@ -10,8 +10,9 @@ from actors.compose import MODES
 from actors.loss import OBJECTIVES
 from actors.model import DTYPES
 from lorahub_ray.errors import ConfigError
+from lorahub_ray.optimizers import OPTIMIZERS
 
-OPTIMIZER_NAMES = ("cma", "ngopt")
+OPTIMIZER_NAMES = tuple(OPTIMIZERS)
 
 
 def _one_of(name: str, value: object, accepted: tuple) -> None:
@@ -28,7 +29,8 @@ class RunConfig:
         modules: LoRA adapters (local directories or hub ids), in weight order.
         examples: path of a JSONL file of ``{"input", "output"}`` lines, or the examples themselves.
         budget: number of evaluations, exactly.
-        optimizer: ``"cma"`` (CMA-ES populations) or ``"ngopt"`` (the reference's sequential NGOpt).
+        optimizer: a name in `lorahub_ray.optimizers.OPTIMIZERS`: ``"cma"`` (CMA-ES populations), ``"ngopt"``
+            (the reference's sequential NGOpt) or ``"probes-cma"`` (parallel Cobyla-style probes, then CMA-ES).
         population: candidates per generation for ``cma`` (``None``: CMA-ES's default ``4 + 3 ln N``).
             Never derived from the number of actors, so results do not depend on it.
         mode: composition, ``"ab"`` (LoraHub: sum of A's times sum of B's) or ``"delta"`` (sum of w_i B_i A_i).

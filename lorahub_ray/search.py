@@ -11,15 +11,13 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-import nevergrad as ng
 import numpy as np
 
 from lorahub_ray.errors import BadLossWarning, ConfigError, InputError
+from lorahub_ray.optimizers import OPTIMIZERS, make_strategy
 
 FIRST_FAILURE_SCORE = 1e4  # score of a failed candidate before any candidate succeeded
 
-# NGOpt's Cobyla passes scipy a final trust radius scipy corrects with this warning on every run: noise to users.
-warnings.filterwarnings("ignore", message="COBYLA: Invalid RHOEND", category=UserWarning)
 
 
 @dataclass(frozen=True)
@@ -48,35 +46,14 @@ class Evaluation:
         return asdict(self)
 
 
-def default_population(num_modules: int) -> int:
-    """CMA-ES's usual population size for N weights: ``4 + floor(3 ln N)``."""
-    return 4 + int(3 * math.log(num_modules))
-
-
-def _cma(parametrization: ng.p.Array, budget: int, population: int) -> ng.optimizers.base.Optimizer:
-    return ng.optimizers.ParametrizedCMA(popsize=population)(parametrization, budget=budget, num_workers=population)
-
-
-def _ngopt(parametrization: ng.p.Array, budget: int, population: int) -> ng.optimizers.base.Optimizer:
-    # One worker, as the reference: NGOpt then picks Cobyla for small budgets, which must be told before the next ask.
-    return ng.optimizers.NGOpt(parametrization=parametrization, budget=budget, num_workers=1)
-
-
-# name -> (builder, whether it proposes whole populations)
-OPTIMIZERS: dict[str, tuple[Callable[[ng.p.Array, int, int], ng.optimizers.base.Optimizer], bool]] = {
-    "cma": (_cma, True),
-    "ngopt": (_ngopt, False),
-}
-
-
 class Search:
     """Ask/tell search for composition weights in ``[-bound, bound]^N`` starting at 0.
 
     Args:
         num_modules: N, the number of weights.
         budget: evaluations, exactly (the last generation is cut short rather than overshoot).
-        optimizer: a name in `OPTIMIZERS`.
-        population: candidates per generation for population optimizers (``None``: `default_population`).
+        optimizer: a name in `lorahub_ray.optimizers.OPTIMIZERS`.
+        population: candidates per generation for population optimizers (``None``: CMA-ES's default).
         seed: seeds the optimizer.
         l1: weight of the ``mean |w|`` penalty.
         bound: search box half-width.
@@ -94,15 +71,16 @@ class Search:
                  seed: int = 42, l1: float = 0.05, bound: float = 1.5) -> None:
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"`optimizer` must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
-        build, parallel = OPTIMIZERS[optimizer]
-        self.parametrization = ng.p.Array(init=np.zeros(num_modules), lower=-bound, upper=bound)
-        self.parametrization.random_state = np.random.RandomState(seed)
-        self.population = (population or default_population(num_modules)) if parallel else 1
-        self.optimizer = build(self.parametrization, budget, self.population)
+        self.strategy = make_strategy(optimizer, num_modules, budget, population, seed, bound)
         self.budget, self.l1 = budget, l1
         self.history: list[Evaluation] = []
         self.generation = 0
-        self._pending: list[ng.p.Parameter] = []
+        self._pending: list[np.ndarray] = []
+
+    @property
+    def population(self) -> int:
+        """Candidates the optimizer wants in its next generation."""
+        return self.strategy.generation_size
 
     @property
     def remaining(self) -> int:
@@ -125,22 +103,23 @@ class Search:
             raise RuntimeError("tell() the pending generation before asking for another")
         if self.done:
             raise RuntimeError(f"the budget of {self.budget} evaluations is spent")
-        self._pending = [self.optimizer.ask() for _ in range(min(self.population, self.remaining))]
-        return np.stack([candidate.value for candidate in self._pending])  # (P, N)
+        self._pending = self.strategy.ask(min(self.population, self.remaining))
+        return np.stack(self._pending)  # (P, N)
 
     def tell(self, outcomes: Sequence[Outcome]) -> None:
         """Record one `Outcome` per asked row (in order) and tell the optimizer each score."""
         if len(outcomes) != len(self._pending):
             raise ValueError(f"expected {len(self._pending)} outcomes, got {len(outcomes)}")
-        for candidate, outcome in zip(self._pending, outcomes):
-            weights = candidate.value
+        scores = []
+        for weights, outcome in zip(self._pending, outcomes):
             score = self._score(weights, outcome)
-            self.optimizer.tell(candidate, score)
+            scores.append(score)
             finite = outcome.error is None and math.isfinite(outcome.loss)
             self.history.append(Evaluation(
                 weights=[float(w) for w in weights], score=score, loss=float(outcome.loss) if finite else None,
                 actor=outcome.actor, seconds=outcome.seconds, generation=self.generation, error=outcome.error,
             ))
+        self.strategy.tell(scores)
         self._pending = []
         self.generation += 1
 
@@ -161,8 +140,7 @@ class Search:
                 self._pending = []
                 raise InputError(f"the recorded evaluations {done}..{done + len(population) - 1} differ from what "
                                  "this optimizer proposes: the checkpoint comes from other settings or versions")
-            for candidate, evaluation in zip(self._pending, recorded):
-                self.optimizer.tell(candidate, evaluation.score)
+            self.strategy.tell([evaluation.score for evaluation in recorded])
             self.history.extend(recorded)
             self._pending = []
             self.generation += 1

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lorahub_ray.errors import BadLossWarning, ConfigError
-from lorahub_ray.search import Outcome, Search, default_population, minimize
+from lorahub_ray.optimizers import default_population
+from lorahub_ray.search import Outcome, Search, minimize
 
 TARGET = np.array([0.8, -0.5, 0.3, 0.0, 1.2])
 
@@ -15,7 +16,7 @@ def sphere(population):
     return [Outcome(float(np.sum((w - TARGET) ** 2))) for w in population]
 
 
-@pytest.mark.parametrize("optimizer", ["cma", "ngopt"])
+@pytest.mark.parametrize("optimizer", ["cma", "ngopt", "probes-cma"])
 @pytest.mark.parametrize("budget", [1, 7, 25])
 def test_budget_is_exact_and_weights_stay_in_bounds(optimizer, budget):
     search = Search(num_modules=5, budget=budget, optimizer=optimizer, population=6, bound=1.5)
@@ -76,7 +77,7 @@ def test_a_failing_candidate_gets_a_penalty_and_the_search_goes_on():
 
 
 def test_unknown_optimizer_lists_the_accepted_names():
-    with pytest.raises(ConfigError, match=r"\['cma', 'ngopt'\]"):
+    with pytest.raises(ConfigError, match=r"\['cma', 'ngopt', 'probes-cma'\]"):
         Search(5, 10, optimizer="adam")
 
 
@@ -87,7 +88,7 @@ def test_ask_twice_without_tell_is_an_error():
         search.ask()
 
 
-@pytest.mark.parametrize("optimizer", ["cma", "ngopt"])
+@pytest.mark.parametrize("optimizer", ["cma", "ngopt", "probes-cma"])
 def test_replaying_recorded_generations_restores_the_search_exactly(optimizer):
     whole = Search(5, 18, optimizer=optimizer, population=3, seed=5)
     minimize(whole, sphere)
@@ -97,3 +98,27 @@ def test_replaying_recorded_generations_restores_the_search_exactly(optimizer):
     assert len(resumed.history) == cut and resumed.remaining == 18 - cut
     minimize(resumed, sphere)
     assert [e.weights for e in resumed.history] == [e.weights for e in whole.history]
+
+
+def test_probes_then_cma_starts_with_cobylas_probes_in_one_generation_then_moves_from_the_best():
+    search = Search(5, 30, optimizer="probes-cma", population=4, seed=0)
+    probes = search.ask()
+    np.testing.assert_allclose(probes, np.vstack([np.zeros(5), 0.5 * np.eye(5)]))
+    search.tell(sphere(probes))
+    best_probe = probes[int(np.argmin([o.loss for o in sphere(probes)]))]
+    following = search.ask()
+    assert following.shape == (4, 5)
+    assert np.linalg.norm(following.mean(axis=0) - best_probe) < np.linalg.norm(following.mean(axis=0))
+    search.tell(sphere(following))
+    minimize(search, sphere)
+    assert len(search.history) == 30 and search.best.score < search.history[0].score
+
+
+def test_same_seed_same_search_for_every_optimizer():
+    for optimizer in ("cma", "ngopt", "probes-cma"):
+        runs = []
+        for _ in range(2):
+            search = Search(5, 16, optimizer=optimizer, population=4, seed=11)
+            minimize(search, sphere)
+            runs.append([e.weights for e in search.history])
+        assert runs[0] == runs[1], optimizer

@@ -1,0 +1,133 @@
+"""Optimizers behind the search's ask/tell loop: a registry of seeded strategies over ``[-bound, bound]^N``.
+
+A strategy proposes generations of weight vectors and learns from their scores; it never sees Ray or
+the budget's bookkeeping (see `lorahub_ray.search.Search`). nevergrad supplies the algorithms; this file
+is the glue:
+- ``cma``: CMA-ES populations from w = 0 (the design's default).
+- ``ngopt``: the reference's sequential NGOpt (one candidate at a time; Cobyla for small budgets).
+- ``probes-cma``: a first generation of the points Cobyla starts with (w = 0 and +0.5 on each coordinate),
+  evaluated in parallel, then CMA-ES started from the best of them with a step of that probe size.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import nevergrad as ng
+import numpy as np
+
+# Library notices that users can do nothing about: NGOpt's Cobyla hands scipy a final trust radius that scipy
+# corrects on every run, and pycma reports its own internal mean injection when popsize is small.
+warnings.filterwarnings("ignore", message="COBYLA: Invalid (RHOEND|MAXFUN)", category=UserWarning)
+warnings.filterwarnings("ignore", message="orphanated injected solution")
+
+PROBE_STEP = 0.5  # Cobyla's first trust radius in NGOpt: each probe moves one weight by this much
+
+
+def default_population(num_modules: int) -> int:
+    """CMA-ES's usual population size for N weights: ``4 + floor(3 ln N)``."""
+    return 4 + int(3 * math.log(num_modules))
+
+
+class Strategy:
+    """Proposes generations of candidates; told their scores in the order asked."""
+
+    generation_size: int  # candidates it wants in its next generation
+
+    def ask(self, count: int) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def tell(self, scores: Sequence[float]) -> None:
+        raise NotImplementedError
+
+
+class NevergradStrategy(Strategy):
+    """Any nevergrad optimizer, asked ``generation_size`` candidates at a time."""
+
+    def __init__(self, optimizer: ng.optimizers.base.Optimizer, generation_size: int) -> None:
+        self.optimizer = optimizer
+        self.generation_size = generation_size
+        self._pending: list[ng.p.Parameter] = []
+
+    def ask(self, count: int) -> list[np.ndarray]:
+        self._pending = [self.optimizer.ask() for _ in range(count)]
+        return [np.array(candidate.value) for candidate in self._pending]
+
+    def tell(self, scores: Sequence[float]) -> None:
+        for candidate, score in zip(self._pending, scores):
+            self.optimizer.tell(candidate, score)
+        self._pending = []
+
+
+def _space(num_modules: int, bound: float, seed: int, init: np.ndarray | None = None,
+           sigma: float | None = None) -> ng.p.Array:
+    space = ng.p.Array(init=np.zeros(num_modules) if init is None else init, lower=-bound, upper=bound)
+    if sigma is not None:
+        space.set_mutation(sigma=sigma)
+    space.random_state = np.random.RandomState(seed)
+    return space
+
+
+def _cma(num_modules: int, budget: int, population: int | None, seed: int, bound: float,
+         init: np.ndarray | None = None, sigma: float | None = None) -> NevergradStrategy:
+    size = population or default_population(num_modules)
+    optimizer = ng.optimizers.ParametrizedCMA(popsize=size)(
+        _space(num_modules, bound, seed, init, sigma), budget=budget, num_workers=size)
+    return NevergradStrategy(optimizer, size)
+
+
+def _ngopt(num_modules: int, budget: int, population: int | None, seed: int, bound: float) -> NevergradStrategy:
+    # One worker, as the reference: NGOpt then picks Cobyla for small budgets, which must be told before the next ask.
+    optimizer = ng.optimizers.NGOpt(parametrization=_space(num_modules, bound, seed), budget=budget, num_workers=1)
+    return NevergradStrategy(optimizer, 1)
+
+
+class ProbesThenCMA(Strategy):
+    """Cobyla's starting probes in one parallel generation, then CMA-ES from the best probe.
+
+    Args:
+        num_modules: N.
+        budget: total evaluations (the probes take N + 1 of them).
+        population: CMA-ES population after the probes (``None``: `default_population`).
+        seed: seeds CMA-ES.
+        bound: search box half-width.
+    """
+
+    def __init__(self, num_modules: int, budget: int, population: int | None, seed: int, bound: float) -> None:
+        self.probes = [np.zeros(num_modules)] + [PROBE_STEP * row for row in np.eye(num_modules)]
+        self.generation_size = len(self.probes)
+        self._start_cma = lambda best, remaining: _cma(num_modules, remaining, population, seed, bound,
+                                                       init=best, sigma=PROBE_STEP)
+        self.budget = budget
+        self._told: list[tuple[float, np.ndarray]] = []
+        self._asked: list[np.ndarray] = []
+        self._cma: NevergradStrategy | None = None
+
+    def ask(self, count: int) -> list[np.ndarray]:
+        if self._cma is not None:
+            return self._cma.ask(count)
+        self._asked = self.probes[len(self._told) : len(self._told) + count]
+        return [w.copy() for w in self._asked]
+
+    def tell(self, scores: Sequence[float]) -> None:
+        if self._cma is not None:
+            self._cma.tell(scores)
+            return
+        self._told.extend(zip(scores, self._asked))
+        self.generation_size = len(self.probes) - len(self._told)
+        if self.generation_size == 0 and self.budget > len(self._told):
+            best = min(self._told, key=lambda pair: pair[0])[1]
+            self._cma = self._start_cma(best, self.budget - len(self._told))
+            self.generation_size = self._cma.generation_size
+
+
+Builder = Callable[[int, int, "int | None", int, float], Strategy]
+OPTIMIZERS: dict[str, Builder] = {"cma": _cma, "ngopt": _ngopt, "probes-cma": ProbesThenCMA}
+
+
+def make_strategy(name: str, num_modules: int, budget: int, population: int | None, seed: int,
+                  bound: float) -> Strategy:
+    """The named strategy; the caller has checked that ``name`` is in `OPTIMIZERS`."""
+    return OPTIMIZERS[name](num_modules, budget, population, seed, bound)
