@@ -5,24 +5,14 @@ Symbols: N modules, r rank, d_in / d_out the layer's widths.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 from torch import nn
 
 from actors.compose import MODES, BatchedLayer, MergedLayer, SlotLayer, compose_factors
-from actors.stack import LoraStack
+from actors.stack import LoraStack, as_tensor
 
 APPLY_METHODS = ("merge", "slot")
-
-
-def _as_tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Object-store arrays are read-only; torch views them without copying on CPU (we never write)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        tensor = torch.from_numpy(array)
-    return tensor.to(device=device, dtype=dtype)
 
 
 class ModuleCache:
@@ -42,11 +32,8 @@ class ModuleCache:
             raise ValueError(f"`apply` must be one of {APPLY_METHODS}, got {apply!r}")
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        self.mode = mode
-        self.num_modules = stack.num_modules
-        self.A = [_as_tensor(layer.A, self.device, self.dtype) for layer in stack.layers]  # (N, r, d_in) each
-        self.B = [_as_tensor(layer.B, self.device, self.dtype) for layer in stack.layers]  # (N, d_out, r) each
-        paths = [layer.path for layer in stack.layers]
+        self.mode, self.num_modules = mode, stack.num_modules
+        self._paths = paths = [layer.path for layer in stack.layers]
         if apply == "merge":
             self.targets = [MergedLayer(model.get_submodule(p), stack.scaling, stack.fan_in_fan_out) for p in paths]
         else:
@@ -54,8 +41,20 @@ class ModuleCache:
             _inject_slot(model, paths, slot_rank, stack.fan_in_fan_out)
             self.targets = [SlotLayer(model.get_submodule(p), stack.scaling) for p in paths]
         model.to(self.device)
-        self._model, self._paths, self._scaling = model, paths, stack.scaling
+        self._model, self._scaling = model, stack.scaling
+        self.set_stack(stack)
         self._batched: list[BatchedLayer] = []  # hooks, created on first use of `apply_population`
+
+    def set_stack(self, stack: LoraStack) -> None:
+        """Hold another pool of modules adapting the same layers (any N; not with a ``delta`` slot, sized by N)."""
+        if self.mode == "delta" and isinstance(self.targets[0], SlotLayer) and stack.num_modules != self.num_modules:
+            raise ValueError("a `delta` composition in a LoRA slot cannot change its number of modules")
+        if [layer.path for layer in stack.layers] != self._paths:
+            raise ValueError("the new module stack adapts other layers")
+        self.num_modules = stack.num_modules
+        # Views of the shared arrays when device and dtype match (CPU, same dtype); copies otherwise.
+        self.A = [as_tensor(layer.A, stack.dtype).to(self.device, self.dtype) for layer in stack.layers]  # (N, r, d_in)
+        self.B = [as_tensor(layer.B, stack.dtype).to(self.device, self.dtype) for layer in stack.layers]  # (N, d_out, r)
 
     @torch.no_grad()
     def apply(self, weights: np.ndarray) -> None:

@@ -2,14 +2,20 @@
 
 Symbols: N modules, r rank, d_in / d_out the adapted layer's input / output width.
 Arrays are numpy so that the driver can put one copy into Ray's object store and every
-actor on a node reads it zero-copy.
+actor on a node reads it zero-copy. They are held in float32, float16, or bfloat16 (numpy has no bfloat16:
+its bits are held as uint16 and viewed as bfloat16 by torch, still without a copy).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import warnings
+
 import numpy as np
+import torch
+
+STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class LoraStack:
         rank: the rank r every module shares.
         fan_in_fan_out: True when the base layers store their weight as ``(d_in, d_out)`` (GPT-2 ``Conv1D``).
         peft_config: the first module's ``adapter_config.json``, the template for the exported adapter.
+        dtype: how the arrays hold the weights, a key of `STORAGE_DTYPES`.
     """
 
     names: tuple[str, ...]
@@ -46,6 +53,7 @@ class LoraStack:
     rank: int
     fan_in_fan_out: bool
     peft_config: dict
+    dtype: str = "float32"
 
     @property
     def num_modules(self) -> int:
@@ -54,3 +62,18 @@ class LoraStack:
     @property
     def nbytes(self) -> int:
         return sum(layer.A.nbytes + layer.B.nbytes for layer in self.layers)
+
+
+def to_storage(tensor: torch.Tensor, dtype: str) -> np.ndarray:
+    """A torch tensor as a numpy array of the storage ``dtype`` (bfloat16 as its uint16 bits)."""
+    if dtype == "bfloat16":
+        return tensor.to(torch.bfloat16).view(torch.uint16).numpy()
+    return tensor.to(getattr(torch, dtype)).numpy()
+
+
+def as_tensor(array: np.ndarray, dtype: str) -> torch.Tensor:
+    """A stored array as a torch tensor, without copying (object-store arrays are read-only; nothing writes them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns that the array is not writable
+        tensor = torch.from_numpy(array)
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor

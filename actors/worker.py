@@ -144,6 +144,10 @@ class Worker:
             loss, error = math.nan, traceback.format_exc(limit=3)
         return CandidateLoss(loss, time.perf_counter() - start, error)
 
+    def set_stack(self, stack: LoraStack) -> None:
+        """Score candidates over another pool of modules from now on (same layers; see `ModuleCache.set_stack`)."""
+        self.cache.set_stack(stack)
+
     def pid(self) -> int:
         """This worker's process id (for memory measurements)."""
         return os.getpid()

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from actors.stack import LoraStack
 from lorahub_ray.errors import InputError, ModuleMismatchError
+from lorahub_ray.modules import ModuleEntry
 
 
 def skeleton(base: str) -> nn.Module:
@@ -22,22 +22,22 @@ def skeleton(base: str) -> nn.Module:
         return auto.from_config(config)
 
 
-def check_base(stack: LoraStack, base: str) -> None:
-    """Every adapted layer must exist in the base model as a linear layer of matching shape."""
+def check_base(module: ModuleEntry, base: str) -> None:
+    """Every layer the (indexed) module adapts must exist in the base model as a linear layer of matching shape."""
     model = skeleton(base)
-    for layer in stack.layers:
+    fan_in_fan_out = bool(module.config.get("fan_in_fan_out"))
+    for path, shapes in module.shapes.items():
         try:
-            module = model.get_submodule(layer.path)
+            layer = model.get_submodule(path)
         except AttributeError:
             raise ModuleMismatchError(
-                f"module {stack.names[0]!r} adapts layer {layer.path!r}, which base model {base!r} does not have"
-            ) from None
-        weight = getattr(module, "weight", None)
+                f"module {module.name!r} adapts layer {path!r}, which base model {base!r} does not have") from None
+        weight = getattr(layer, "weight", None)
         if weight is None or weight.dim() != 2:
-            raise ModuleMismatchError(f"layer {layer.path!r} of base model {base!r} is not a linear layer")
-        d_out, d_in = weight.shape[::-1] if stack.fan_in_fan_out else weight.shape
-        (_, _, a_in), (_, b_out, _) = layer.A.shape, layer.B.shape
+            raise ModuleMismatchError(f"layer {path!r} of base model {base!r} is not a linear layer")
+        d_out, d_in = weight.shape[::-1] if fan_in_fan_out else weight.shape
+        (_, a_in), (b_out, _) = shapes["A"], shapes["B"]
         if (a_in, b_out) != (d_in, d_out):
             raise ModuleMismatchError(
-                f"layer {layer.path!r}: module {stack.names[0]!r} maps {a_in} -> {b_out} features but base model "
+                f"layer {path!r}: module {module.name!r} maps {a_in} -> {b_out} features but base model "
                 f"{base!r} maps {d_in} -> {d_out}; the modules were trained on another base model")

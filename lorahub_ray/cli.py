@@ -25,12 +25,18 @@ def _pool_arguments(parser: argparse.ArgumentParser) -> None:
                                                         "default: start Ray locally")
     group.add_argument("--apply", choices=["merge", "slot"], default="merge",
                        help="how a candidate is applied in place: merged into the base weights, or a LoRA slot")
-    group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                       help="the actors' model and composition dtype")
+    group.add_argument("--module-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                       help="how the module stack is held in memory and in the object store")
+    group.add_argument("--candidates-per-pass", type=int, default=1,
+                       help="candidates an actor scores together in one batched forward pass")
 
 
 def _pool_config(args: argparse.Namespace) -> PoolConfig:
     return PoolConfig(num_actors=args.actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                      address=args.address, apply=args.apply, dtype=args.dtype)
+                      address=args.address, apply=args.apply, dtype=args.dtype, module_dtype=args.module_dtype,
+                      candidates_per_pass=args.candidates_per_pass)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--objective", choices=["default", "reference"], default="default")
     search.add_argument("--l1", type=float, default=0.05, help="weight of the mean |w| penalty")
     search.add_argument("--seed", type=int, default=42)
+    search.add_argument("--prefilter", metavar="NAME:K", default=None,
+                        help="narrow --modules to K candidates first: random:K, loss:K or similarity:K")
     search.add_argument("--merge", action="store_true", help="also write the merged full model to OUTPUT/merged")
     search.add_argument("--overwrite", action="store_true", help="replace an OUTPUT that already holds files")
     search.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -94,9 +102,13 @@ def _search(args: argparse.Namespace) -> None:
             raise ConfigError(f"search needs {', '.join(missing)} (or --resume DIR)")
         config = RunConfig(base=args.base, modules=args.modules, examples=args.examples, budget=args.budget,
                            optimizer=args.optimizer, population=args.population, mode=args.mode,
-                           objective=args.objective, l1=args.l1, seed=args.seed)
+                           objective=args.objective, l1=args.l1, seed=args.seed, prefilter=args.prefilter)
         result = run(config, _pool_config(args), args.output, merge=args.merge, overwrite=args.overwrite,
                      progress=not args.quiet)
+    if result.prefilter is not None:
+        report = result.prefilter
+        print(f"pre-filter {report.name}:{report.k} kept {len(report.selected)} of {report.pool_size} modules "
+              f"({report.evaluations} evaluations, {report.seconds:.1f}s)")
     print(f"best score {result.best_score:.4f} (loss {result.best_loss:.4f}) after {result.evaluations} evaluations")
     for name, weight in sorted(result.weights.items(), key=lambda kv: -abs(kv[1]))[:10]:
         print(f"  {weight:+.3f}  {name}")

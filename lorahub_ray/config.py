@@ -9,8 +9,10 @@ from actors.cache import APPLY_METHODS
 from actors.compose import MODES
 from actors.loss import OBJECTIVES
 from actors.model import DTYPES
+from actors.stack import STORAGE_DTYPES
 from lorahub_ray.errors import ConfigError
 from lorahub_ray.optimizers import OPTIMIZERS
+from lorahub_ray.prefilter import PrefilterSpec
 
 OPTIMIZER_NAMES = tuple(OPTIMIZERS)
 
@@ -38,7 +40,9 @@ class RunConfig:
         reference_batch_size: batch size of the ``reference`` objective (``None``: all examples in one batch).
         l1: weight of the ``mean |w|`` penalty added to the loss.
         bound: weights are searched in ``[-bound, bound]``.
-        seed: seeds the optimizer; the only source of randomness in a search.
+        seed: seeds the optimizer (and a ``random`` pre-filter); the only source of randomness in a search.
+        prefilter: ``"NAME:K"`` narrows ``modules`` to K candidates before the search: ``random``, ``loss``
+            or ``similarity`` (see `lorahub_ray.prefilter`); ``None`` searches over every module.
     """
 
     base: str
@@ -53,8 +57,11 @@ class RunConfig:
     l1: float = 0.05
     bound: float = 1.5
     seed: int = 42
+    prefilter: str | None = None
 
     def __post_init__(self) -> None:
+        if self.prefilter is not None:
+            PrefilterSpec.parse(self.prefilter)
         self.modules = [str(m) for m in self.modules]
         if isinstance(self.examples, os.PathLike):
             self.examples = str(self.examples)
@@ -96,6 +103,8 @@ class PoolConfig:
         candidates_per_pass: candidates an actor scores together in one batched forward pass (1: one at a
             time). Work is handed out in whole passes, so results do not depend on the number of actors.
         max_restarts: actor deaths tolerated in one search before giving up.
+        module_dtype: how the driver and the object store hold the module stack (``"float16"`` and
+            ``"bfloat16"`` halve its memory; actors compute in ``dtype``).
     """
 
     num_actors: int = 1
@@ -108,6 +117,7 @@ class PoolConfig:
     example_batch_size: int | None = None
     candidates_per_pass: int = 1
     max_restarts: int = 3
+    module_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_actors, int) or self.num_actors < 0:
@@ -119,6 +129,7 @@ class PoolConfig:
         _one_of("apply", self.apply, APPLY_METHODS)
         _one_of("dtype", self.dtype, tuple(DTYPES))
         _one_of("device", self.device, ("auto", "cpu", "cuda"))
+        _one_of("module_dtype", self.module_dtype, tuple(STORAGE_DTYPES))
         if not isinstance(self.candidates_per_pass, int) or self.candidates_per_pass < 1:
             raise ConfigError(f"`candidates_per_pass` must be an integer >= 1, got {self.candidates_per_pass!r}")
         if self.example_batch_size is not None and self.example_batch_size < 1:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from actors.compose import compose_factors
-from actors.stack import LoraStack
+from actors.stack import LoraStack, as_tensor
 from lorahub_ray.modules import PEFT_PREFIX
 
 ADAPTER_DIR = "adapter"
@@ -31,7 +31,8 @@ def composed_adapter(stack: LoraStack, weights: np.ndarray, mode: str, base: str
     w = torch.as_tensor(weights, dtype=torch.float32)  # (N,)
     tensors = {}
     for layer in stack.layers:
-        A_c, B_c = compose_factors(w, torch.from_numpy(np.array(layer.A)), torch.from_numpy(np.array(layer.B)), mode)
+        A, B = as_tensor(layer.A, stack.dtype).float(), as_tensor(layer.B, stack.dtype).float()
+        A_c, B_c = compose_factors(w, A, B, mode)
         tensors[f"{PEFT_PREFIX}{layer.path}.lora_A.weight"] = A_c.contiguous()  # (r', d_in)
         tensors[f"{PEFT_PREFIX}{layer.path}.lora_B.weight"] = B_c.contiguous()  # (d_out, r')
     config = dict(stack.peft_config, base_model_name_or_path=base, inference_mode=True)

@@ -1,5 +1,8 @@
-"""The module store: PEFT LoRA adapters (local dirs or hub ids) -> one validated `LoraStack`.
+"""The module store: PEFT LoRA adapters (local dirs or hub ids) indexed lazily, then stacked into a `LoraStack`.
 
+Indexing a module reads its ``adapter_config.json`` and its safetensors header only (names and shapes);
+tensors are read (memory-mapped) when a stack of selected modules is built, one module at a time, so a
+pool of thousands of modules costs its file index, not its weights.
 Symbols: N modules, r rank, d_in / d_out the adapted layer's widths.
 """
 
@@ -14,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actors.stack import LayerStack, LoraStack
-from lorahub_ray.errors import InputError, ModuleMismatchError
+from actors.stack import STORAGE_DTYPES, LayerStack, LoraStack, to_storage
+from lorahub_ray.errors import ConfigError, InputError, ModuleMismatchError
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -25,17 +28,35 @@ MUST_MATCH = ("r", "lora_alpha", "use_rslora", "fan_in_fan_out", "base_model_nam
 
 
 @dataclass
-class LoraModule:
-    """One adapter as read from disk: its config and its ``lora_A`` / ``lora_B`` per layer path."""
+class ModuleEntry:
+    """One adapter as indexed: its config, weight file, and the tensor key and shape of each factor per layer."""
 
     name: str
+    directory: Path
     config: dict
-    factors: dict[str, dict[str, np.ndarray]]  # layer path -> {"A": (r, d_in), "B": (d_out, r)}
+    weight_file: Path
+    keys: dict[str, dict[str, str]]  # layer path -> {"A": tensor key, "B": tensor key}
+    shapes: dict[str, dict[str, tuple[int, ...]]]  # layer path -> {"A": (r, d_in), "B": (d_out, r)}
 
     @property
     def scaling(self) -> float:
         r, alpha = self.config["r"], self.config["lora_alpha"]
         return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
+
+    def read_factors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The module's tensors, read now (memory-mapped for safetensors)."""
+        try:
+            if self.weight_file.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(self.weight_file), framework="pt") as handle:
+                    return {path: {k: handle.get_tensor(key) for k, key in pair.items()}
+                            for path, pair in self.keys.items()}
+            state = torch.load(self.weight_file, map_location="cpu", weights_only=True)
+            return {path: {k: state[key] for k, key in pair.items()} for path, pair in self.keys.items()}
+        except Exception as err:
+            raise InputError(f"module {self.name!r}: cannot read {self.weight_file} ({type(err).__name__}: {err}); "
+                             "the file is corrupt") from None
 
 
 def resolve_adapter_dir(name: str) -> Path:
@@ -50,29 +71,33 @@ def resolve_adapter_dir(name: str) -> Path:
 
         return Path(snapshot_download(repo_id=name, allow_patterns=[CONFIG_FILE, *WEIGHT_FILES]))
     except Exception as err:  # offline, unknown repo, invalid id: all mean "not found" to the user
-        raise InputError(
-            f"module {name!r} is not a local directory and could not be fetched from the hub "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-        ) from None
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise InputError(f"module {name!r} is not a local directory and could not be fetched from the hub "
+                         f"({type(err).__name__}: {first_line})") from None
 
 
-def load_module(name: str) -> LoraModule:
-    """Read one PEFT LoRA adapter, raising `InputError` that names the module for anything unusable."""
+def index_module(name: str) -> ModuleEntry:
+    """Index one PEFT LoRA adapter (config and tensor shapes), raising `InputError` that names the module."""
     directory = resolve_adapter_dir(name)
     config = _read_config(name, directory / CONFIG_FILE)
-    weights = _read_weights(name, directory)
-    factors: dict[str, dict[str, np.ndarray]] = {}
-    for key, tensor in weights.items():
+    weight_file = next((directory / f for f in WEIGHT_FILES if (directory / f).is_file()), None)
+    if weight_file is None:
+        raise InputError(f"module {name!r}: no adapter weights in {str(directory)!r} "
+                         f"(expected one of {list(WEIGHT_FILES)})")
+    keys: dict[str, dict[str, str]] = {}
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, shape in _read_shapes(name, weight_file).items():
         kind = next((k for k, suffix in FACTOR_SUFFIXES.items() if key.endswith(suffix)), None)
         if kind is None:
             raise InputError(f"module {name!r}: tensor {key!r} is not a LoRA A/B weight; "
                              "only plain LoRA adapters (no DoRA, biases or saved modules) can be composed")
         path = key[: -len(FACTOR_SUFFIXES[kind])].removeprefix(PEFT_PREFIX)
-        factors.setdefault(path, {})[kind] = tensor.float().numpy()
-    incomplete = sorted(p for p, f in factors.items() if len(f) != 2)
-    if incomplete or not factors:
+        keys.setdefault(path, {})[kind] = key
+        shapes.setdefault(path, {})[kind] = shape
+    incomplete = sorted(p for p, pair in keys.items() if len(pair) != 2)
+    if incomplete or not keys:
         raise InputError(f"module {name!r}: missing lora_A or lora_B for layers {incomplete or 'all'}")
-    return LoraModule(name, config, factors)
+    return ModuleEntry(name, directory, config, weight_file, keys, shapes)
 
 
 def _read_config(name: str, path: Path) -> dict:
@@ -85,75 +110,72 @@ def _read_config(name: str, path: Path) -> dict:
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
         raise InputError(f"module {name!r}: {path} has peft_type "
                          f"{config.get('peft_type') if isinstance(config, dict) else None!r}, expected 'LORA'")
-    for field, bad in (("use_dora", True), ("rank_pattern", None), ("alpha_pattern", None)):
-        value = config.get(field)
-        if (bad is True and value) or (bad is None and value):
-            raise InputError(f"module {name!r}: `{field}` = {value!r} is not supported; "
+    for field in ("use_dora", "rank_pattern", "alpha_pattern"):
+        if config.get(field):
+            raise InputError(f"module {name!r}: `{field}` = {config[field]!r} is not supported; "
                              "composition needs one rank and one scaling for every layer, without DoRA")
     return config
 
 
-def _read_weights(name: str, directory: Path) -> dict[str, torch.Tensor]:
-    path = next((directory / f for f in WEIGHT_FILES if (directory / f).is_file()), None)
-    if path is None:
-        raise InputError(f"module {name!r}: no adapter weights in {str(directory)!r} (expected one of {list(WEIGHT_FILES)})")
+def _read_shapes(name: str, path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes; for safetensors from the header alone."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors import safe_open
 
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+            with safe_open(str(path), framework="pt") as handle:
+                return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        return {key: tuple(t.shape) for key, t in torch.load(path, map_location="cpu", weights_only=True).items()}
     except Exception as err:
         raise InputError(f"module {name!r}: cannot read {path} ({type(err).__name__}: {err}); "
                          "the file is corrupt or not a PEFT adapter weight file") from None
 
 
-def check_compatible(modules: Sequence[LoraModule]) -> None:
+def check_compatible(entries: Sequence[ModuleEntry]) -> None:
     """Every module must share the first one's base model, rank, scaling, targets, layers and shapes."""
-    first = modules[0]
-    for module in modules[1:]:
+    first = entries[0]
+    for entry in entries[1:]:
         for field in MUST_MATCH:
-            if module.config.get(field) != first.config.get(field):
+            if entry.config.get(field) != first.config.get(field):
                 raise ModuleMismatchError(
-                    f"module {module.name!r} has `{field}` = {module.config.get(field)!r} but module "
+                    f"module {entry.name!r} has `{field}` = {entry.config.get(field)!r} but module "
                     f"{first.name!r} has {first.config.get(field)!r}; all modules must share it")
-        if set(module.config.get("target_modules") or []) != set(first.config.get("target_modules") or []):
-            raise ModuleMismatchError(
-                f"module {module.name!r} targets {sorted(module.config.get('target_modules') or [])} but module "
-                f"{first.name!r} targets {sorted(first.config.get('target_modules') or [])}")
-        if module.factors.keys() != first.factors.keys():
-            diff = sorted(module.factors.keys() ^ first.factors.keys())
-            raise ModuleMismatchError(f"module {module.name!r} adapts other layers than {first.name!r}: {diff[:3]}")
-        for path, pair in module.factors.items():
+        targets, first_targets = (sorted(e.config.get("target_modules") or []) for e in (entry, first))
+        if targets != first_targets:
+            raise ModuleMismatchError(f"module {entry.name!r} targets {targets} but module {first.name!r} "
+                                      f"targets {first_targets}")
+        if entry.shapes.keys() != first.shapes.keys():
+            diff = sorted(entry.shapes.keys() ^ first.shapes.keys())
+            raise ModuleMismatchError(f"module {entry.name!r} adapts other layers than {first.name!r}: {diff[:3]}")
+        for path, pair in entry.shapes.items():
             for kind in ("A", "B"):
-                if pair[kind].shape != first.factors[path][kind].shape:
+                if pair[kind] != first.shapes[path][kind]:
                     raise ModuleMismatchError(
-                        f"module {module.name!r}, layer {path!r}: lora_{kind} has shape {pair[kind].shape}, "
-                        f"expected {first.factors[path][kind].shape} as in {first.name!r}")
+                        f"module {entry.name!r}, layer {path!r}: lora_{kind} has shape {pair[kind]}, "
+                        f"expected {first.shapes[path][kind]} as in {first.name!r}")
 
 
-def stack_modules(modules: Sequence[LoraModule], dtype: np.dtype = np.float32) -> LoraStack:
-    """Stack compatible modules into one `LoraStack` (A: ``(N, r, d_in)``, B: ``(N, d_out, r)`` per layer)."""
-    check_compatible(modules)
-    first = modules[0]
-    layers = tuple(
-        LayerStack(
-            path=path,
-            A=np.stack([m.factors[path]["A"] for m in modules]).astype(dtype, copy=False),  # (N, r, d_in)
-            B=np.stack([m.factors[path]["B"] for m in modules]).astype(dtype, copy=False),  # (N, d_out, r)
-        )
-        for path in first.factors
-    )
+def stack_modules(entries: Sequence[ModuleEntry], dtype: str = "float32") -> LoraStack:
+    """Read compatible modules one at a time into stacked arrays (A: ``(N, r, d_in)``, B: ``(N, d_out, r)``)."""
+    if dtype not in STORAGE_DTYPES:
+        raise ConfigError(f"`dtype` of a module stack must be one of {list(STORAGE_DTYPES)}, got {dtype!r}")
+    check_compatible(entries)
+    first = entries[0]
+    store = STORAGE_DTYPES[dtype]
+    arrays = {path: {k: np.empty((len(entries), *shape), dtype=store) for k, shape in pair.items()}
+              for path, pair in first.shapes.items()}
+    for index, entry in enumerate(entries):
+        for path, pair in entry.read_factors().items():
+            for kind, tensor in pair.items():
+                arrays[path][kind][index] = to_storage(tensor, dtype)
     return LoraStack(
-        names=tuple(m.name for m in modules),
-        layers=layers,
-        scaling=first.scaling,
-        rank=int(first.config["r"]),
-        fan_in_fan_out=bool(first.config.get("fan_in_fan_out")),
-        peft_config=dict(first.config),
+        names=tuple(e.name for e in entries),
+        layers=tuple(LayerStack(path, arrays[path]["A"], arrays[path]["B"]) for path in first.shapes),
+        scaling=first.scaling, rank=int(first.config["r"]), fan_in_fan_out=bool(first.config.get("fan_in_fan_out")),
+        peft_config=dict(first.config), dtype=dtype,
     )
 
 
-def load_stack(names: Sequence[str]) -> LoraStack:
-    """Load, validate and stack the named modules."""
-    return stack_modules([load_module(name) for name in names])
+def load_stack(names: Sequence[str], dtype: str = "float32") -> LoraStack:
+    """Index, validate and stack the named modules."""
+    return stack_modules([index_module(name) for name in names], dtype)

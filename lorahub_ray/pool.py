@@ -9,7 +9,8 @@ import logging
 import math
 import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -54,8 +55,7 @@ class WorkerPool:
 
         if not ray.is_initialized():
             self._owns_ray = True
-            ray.init(address=config.address, logging_level=logging.WARNING, log_to_driver=True,
-                     include_dashboard=False, configure_logging=False)
+            _start_ray(config)
         self._check_resources()
         self._remote_worker = _remote_worker_class()
         self._init_args = (spec, ray.put(stack), ray.put(list(examples)))  # one object-store copy each
@@ -77,8 +77,11 @@ class WorkerPool:
                 warnings.warn(f"{message}; actors wait until the cluster grows", InefficientSettingsWarning)
 
     def _start_actor(self):
-        options = {"num_cpus": self.config.cpus_per_actor, "num_gpus": self.config.gpus_per_actor,
-                   "scheduling_strategy": "SPREAD"}  # spread over nodes: more memory bandwidth per actor
+        import ray
+
+        options = {"num_cpus": self.config.cpus_per_actor, "num_gpus": self.config.gpus_per_actor}
+        if True:
+            options["scheduling_strategy"] = "SPREAD"  # spread over nodes: more memory bandwidth per actor
         return self._remote_worker.options(**options).remote(*self._init_args)
 
     @property
@@ -100,6 +103,16 @@ class WorkerPool:
         except ray.exceptions.RayError as err:
             self.close()
             raise WorkerError(f"the evaluator actors failed to start: {_first_line(err)}") from None
+
+    def set_stack(self, stack: LoraStack) -> None:
+        """Evaluate over another module stack from now on (shipped once; restarted actors get it too)."""
+        if self._local is not None:
+            self._local.set_stack(stack)
+            return
+        import ray
+
+        self._init_args = (self._init_args[0], ray.put(stack), self._init_args[2])
+        ray.get([actor.set_stack.remote(self._init_args[1]) for actor in self.actors])
 
     def evaluate(self, population: np.ndarray) -> list[Outcome]:
         """Score every row of ``population`` ``(P, N)``; one `Outcome` per row, in order."""
@@ -162,6 +175,28 @@ class WorkerPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _start_ray(config: PoolConfig) -> None:
+    import ray
+
+    ray.init(address=config.address, logging_level=logging.WARNING, include_dashboard=False, configure_logging=False)
+
+
+@contextmanager
+def ray_session(config: PoolConfig) -> Iterator[None]:
+    """Ray for the duration of the block: started (or joined, with ``config.address``) and stopped here,
+    unless the pool needs none or Ray already runs (then it is left as it is)."""
+    import ray
+
+    if config.num_actors == 0 or ray.is_initialized():
+        yield
+        return
+    _start_ray(config)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def _remote_worker_class():

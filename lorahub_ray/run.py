@@ -5,13 +5,15 @@ Read this file first: it wires data -> pool -> search -> export.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from actors import LoraStack, WorkerSpec
@@ -21,9 +23,12 @@ from lorahub_ray.config import PoolConfig, RunConfig
 from lorahub_ray.data import load_examples
 from lorahub_ray.errors import ConfigError, InefficientSettingsWarning, WorkerError
 from lorahub_ray.export import ADAPTER_DIR, MERGED_DIR, RESULT_FILE, write_adapter, write_json, write_merged
-from lorahub_ray.modules import load_stack
-from lorahub_ray.pool import WorkerPool
+from lorahub_ray.modules import ModuleEntry, check_compatible, index_module, stack_modules
+from lorahub_ray.pool import WorkerPool, ray_session
+from lorahub_ray.prefilter import PrefilterReport, PrefilterSpec, select
 from lorahub_ray.search import Evaluation, Search, minimize
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +43,7 @@ class SearchResult:
         history: every evaluation, in order.
         config: the settings that produced it.
         output: the output directory, when one was written.
+        prefilter: what the pre-filter kept and cost, when one ran (``weights`` then holds the kept modules).
     """
 
     weights: dict[str, float]
@@ -47,6 +53,7 @@ class SearchResult:
     history: list[Evaluation]
     config: RunConfig
     output: Path | None = None
+    prefilter: PrefilterReport | None = None
     stack: LoraStack | None = field(default=None, repr=False)
 
     @property
@@ -57,6 +64,7 @@ class SearchResult:
         return {
             "weights": self.weights, "best_score": self.best_score, "best_loss": self.best_loss,
             "evaluations": self.evaluations, "config": self.config.to_dict(),
+            "prefilter": self.prefilter.to_dict() if self.prefilter else None,
             "history": [e.to_dict() for e in self.history],
         }
 
@@ -87,10 +95,13 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
     """
     pool = pool or PoolConfig()
     examples = load_examples(config.examples)
-    stack = load_stack(config.modules)
-    check_base(stack, config.base)
+    entries = [index_module(name) for name in config.modules]
+    check_compatible(entries)
+    check_base(entries[0], config.base)
     final = _check_output(output, overwrite, resuming=bool(history))
-    search = Search(stack.num_modules, config.budget, config.optimizer, config.population,
+    prefilter = PrefilterSpec.parse(config.prefilter) if config.prefilter else None
+    num_candidates = min(prefilter.k, len(entries)) if prefilter else len(entries)
+    search = Search(num_candidates, config.budget, config.optimizer, config.population,
                     config.seed, config.l1, config.bound)
     search.replay(history)
     if search.population > 1 and pool.num_actors > 1 and search.population % pool.num_actors:
@@ -102,27 +113,58 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
                       reference_batch_size=config.reference_batch_size,
                       example_batch_size=pool.example_batch_size, dtype=pool.dtype, device=pool.device,
                       num_threads=pool.threads_per_actor, candidates_per_pass=pool.candidates_per_pass)
-    with WorkerPool(spec, stack, examples, pool) as workers, \
-            tqdm(total=config.budget, initial=len(search.history), desc="evaluations", unit="eval",
-                 disable=not progress) as bar:
-        def after_generation(s: Search) -> None:
-            if all(e.loss is None for e in s.history):
-                raise WorkerError(f"every candidate so far failed; the first error:\n{s.history[0].error}")
-            if final is not None:
-                save_checkpoint(final, config, s.history)
-            bar.update(len(s.history) - bar.n)
-            bar.set_postfix(best=f"{s.best.score:.4f}")
-            if on_generation is not None:
-                on_generation(s)
+    with ray_session(pool):
+        report = _prefilter(prefilter, entries, examples, spec, pool, config.seed) if prefilter else None
+        if report is not None:
+            entries = [entries[i] for i in report.selected]
+        stack = stack_modules(entries, pool.module_dtype)
+        with WorkerPool(spec, stack, examples, pool) as workers, \
+                tqdm(total=config.budget, initial=len(search.history), desc="evaluations", unit="eval",
+                     disable=not progress) as bar:
+            def after_generation(s: Search) -> None:
+                if all(e.loss is None for e in s.history):
+                    raise WorkerError(f"every candidate so far failed; the first error:\n{s.history[0].error}")
+                if final is not None:
+                    save_checkpoint(final, config, s.history)
+                bar.update(len(s.history) - bar.n)
+                bar.set_postfix(best=f"{s.best.score:.4f}")
+                if on_generation is not None:
+                    on_generation(s)
 
-        best = minimize(search, workers.evaluate, after_generation)
+            best = minimize(search, workers.evaluate, after_generation)
     result = SearchResult(
         weights=dict(zip(stack.names, best.weights)), best_score=best.score, best_loss=best.loss,
-        evaluations=len(search.history), history=search.history, config=config, output=final, stack=stack,
+        evaluations=len(search.history), history=search.history, config=config, output=final,
+        prefilter=report, stack=stack,
     )
     if final is not None:
         _write_output(result, final, merge)
     return result
+
+
+def _prefilter(prefilter: PrefilterSpec, entries: list[ModuleEntry], examples: list[dict[str, str]],
+               spec: WorkerSpec, pool: PoolConfig, seed: int) -> PrefilterReport:
+    """Choose the search's candidates; a loss sweep scores K modules at a time on the actor pool.
+
+    Modules are scored alone (one-hot weights), which is the same update in ``ab`` and ``delta`` mode, so
+    the sweep always composes in ``ab`` mode. Only one block of K modules is held at a time.
+    """
+    def module_losses(indices: list[int]) -> list[float]:
+        blocks = [indices[i : i + prefilter.k] for i in range(0, len(indices), prefilter.k)]
+        losses: list[float] = []
+        first = stack_modules([entries[i] for i in blocks[0]], pool.module_dtype)
+        with WorkerPool(replace(spec, mode="ab"), first, examples, pool) as scorer:
+            for number, block in enumerate(blocks):
+                if number:
+                    scorer.set_stack(stack_modules([entries[i] for i in block], pool.module_dtype))
+                losses += [outcome.loss for outcome in scorer.evaluate(np.eye(len(block)))]
+        return losses
+
+    report = select(prefilter, [e.name for e in entries], [e.directory for e in entries],
+                    [ex["input"] for ex in examples], module_losses, seed)
+    log.info("pre-filter %s:%d kept %d of %d modules after %d evaluations in %.1fs", prefilter.name, prefilter.k,
+             len(report.selected), len(entries), report.evaluations, report.seconds)
+    return report
 
 
 def resume(output: str | Path, pool: PoolConfig | None = None, **options: object) -> SearchResult:
@@ -156,8 +198,6 @@ def _check_output(output: str | Path | None, overwrite: bool, resuming: bool) ->
 
 def _write_output(result: SearchResult, final: Path, merge: bool) -> None:
     """Write the results into a staging dir inside ``final``, then move them into place, ``result.json`` last."""
-    import numpy as np
-
     staging = final / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     try:

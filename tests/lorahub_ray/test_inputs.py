@@ -9,7 +9,7 @@ from lorahub_ray.base import check_base
 from lorahub_ray.config import PoolConfig, RunConfig
 from lorahub_ray.data import load_examples
 from lorahub_ray.errors import ConfigError, InputError, ModuleMismatchError
-from lorahub_ray.modules import load_stack
+from lorahub_ray.modules import index_module, load_stack
 from lorahub_ray.toy import build_random_base, build_random_modules
 
 
@@ -55,7 +55,7 @@ def test_mismatched_modules_are_named(t5_world, tmp_path):
     with pytest.raises(ModuleMismatchError, match="base_model_name_or_path"):
         load_stack([t5_world["modules"][0], str(foreign)])
     with pytest.raises(ModuleMismatchError, match=r"module .*foreign/module_00' maps 48 -> 48 features but base model .* maps 32 -> 32"):
-        check_base(load_stack([str(foreign)]), t5_world["base"])
+        check_base(index_module(str(foreign)), t5_world["base"])
 
 
 def test_bad_settings_name_the_field():
