@@ -1,0 +1,126 @@
+"""Optimizers at equal wall-clock time: does farming candidates to k actors beat the sequential reference?
+
+    python benchmarks/optimizers.py            # zoo held-out tasks x 5 seeds, k = 1, 2, 4, 8
+    python benchmarks/optimizers.py --quick    # 3 tasks x 2 seeds
+
+The reference (sequential NGOpt, 40 evaluations) sets the time. k actors do 40·k evaluations in that time
+(measured for k = 2 on this 2-core machine and reported; k = 4 and 8 are simulated by the evaluation count,
+since 2 cores cannot run more actors at full speed). Each optimizer runs with that budget; we report held-out
+exact match and the few-shot score of its best candidate, and, to watch for overfitting the five examples,
+the accuracy of an alternative recommendation: the mean weights of the 5 best-scoring candidates. Writes benchmarks/results/optimizers.json and optimizers.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from protocol import lorahub_search  # noqa: E402
+from quality import cases  # noqa: E402
+
+from lorahub_ray.zoo.build import DEFAULT_ZOO_DIR, build_zoo, load_manifest  # noqa: E402
+
+# ---- settings -------------------------------------------------------------------------------------------
+SEEDS = [1, 2, 3, 4, 5]
+REFERENCE_BUDGET = 40
+ACTORS = [1, 2, 4, 8]
+OPTIMIZERS = ["cma", "probes-cma"]
+RESULTS = Path(__file__).parent / "results"
+# ---------------------------------------------------------------------------------------------------------
+
+
+def measured_speedup(case) -> float:
+    """Evaluations/s of a 2-actor pool over the sequential in-process rate, on this machine."""
+    sequential = lorahub_search(case, "cma", 24, actors=0, population=8)
+    parallel = lorahub_search(case, "cma", 24, actors=2, population=8)
+    return sequential.generation_ends[-1][0] / parallel.generation_ends[-1][0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="optimizers at equal wall-clock time")
+    parser.add_argument("--zoo", type=Path, default=DEFAULT_ZOO_DIR)
+    parser.add_argument("--model", choices=["t5", "llama"], default="t5")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    import ray
+
+    if not (args.zoo / "manifest.json").is_file():
+        build_zoo(args.zoo, kinds=tuple(sorted({"t5", args.model})))
+    manifest = load_manifest(args.zoo)
+    tasks = [entry["task"] for entry in manifest["heldout"]][: 3 if args.quick else None]
+    seeds = SEEDS[: 2 if args.quick else None]
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    rows, speedups, started = [], [], time.time()
+    for task, seed, case in cases(args.zoo, manifest, args.model, tasks, seeds):
+        reference = lorahub_search(case, "ngopt", REFERENCE_BUDGET)
+        best = min(reference.history, key=lambda e: e.score)
+        rows.append({"task": task, "seed": seed, "optimizer": "ngopt", "actors": 1, "budget": REFERENCE_BUDGET,
+                     "accuracy": case.accuracy(np.array(best.weights)), "score": best.score})
+        if not speedups:
+            speedups.append(measured_speedup(case))
+        for optimizer in OPTIMIZERS:
+            for k in ACTORS:
+                run = lorahub_search(case, optimizer, REFERENCE_BUDGET * k)
+                ranked = sorted(run.history, key=lambda e: e.score)
+                rows.append({"task": task, "seed": seed, "optimizer": optimizer, "actors": k,
+                             "budget": REFERENCE_BUDGET * k, "accuracy": case.accuracy(np.array(ranked[0].weights)),
+                             "score": ranked[0].score,
+                             "top5_mean_accuracy": case.accuracy(np.mean([e.weights for e in ranked[:5]], axis=0))})
+        print(f"{task} seed {seed}: " + "  ".join(f"{r['optimizer']}x{r['actors']} {r['accuracy']:.0f}"
+                                                  for r in rows if r["task"] == task and r["seed"] == seed),
+              flush=True)
+    ray.shutdown()
+    table: dict = {}
+    for row in rows:
+        cell = table.setdefault(row["optimizer"], {}).setdefault(str(row["actors"]), {})
+        for key in ("accuracy", "score", "top5_mean_accuracy"):
+            if key in row:
+                cell.setdefault(key, []).append(row[key])
+    summary = {opt: {k: {key: float(np.mean(v)) for key, v in c.items()} for k, c in ks.items()}
+               for opt, ks in table.items()}
+    print(f"\nmeasured 2-actor speed-up on this machine: {speedups[0]:.2f}x (k = 4, 8 simulated by budget)")
+    for optimizer, ks in summary.items():
+        print(f"{optimizer:12s} " + "  ".join(
+            f"k={k}: {c['accuracy']:5.1f}% (score {c['score']:.3f}"
+            + (f", top-5 mean {c['top5_mean_accuracy']:.1f}%)" if "top5_mean_accuracy" in c else ")")
+            for k, c in ks.items()))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "optimizers_quick" if args.quick else "optimizers"
+    (RESULTS / f"{name}.json").write_text(json.dumps({
+        "command": " ".join(["python benchmarks/optimizers.py", *sys.argv[1:]]), "machine": platform.platform(),
+        "wall_seconds": time.time() - started, "measured_2_actor_speedup": speedups[0],
+        "summary": summary, "runs": rows}, indent=1) + "\n")
+    plot(summary, RESULTS / f"{name}.png")
+    print(f"wrote {RESULTS / name}.json and .png")
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    reference = summary["ngopt"]["1"]["accuracy"]
+    ax.axhline(reference, color="k", linestyle="--", label="reference (ngopt, 40 sequential)")
+    for optimizer in OPTIMIZERS:
+        ks = summary[optimizer]
+        ax.plot([int(k) for k in ks], [c["accuracy"] for c in ks.values()], marker="o", label=optimizer)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("actors (evaluations = 40 x actors, equal wall-clock)")
+    ax.set_ylabel("held-out exact match (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Large module pools: held-out accuracy versus pool size for each pre-filter, and the cost of indexing and
+pre-filtering 1,000 modules.
+
+    python benchmarks/pool.py                 # both parts (the accuracy part needs a zoo with a large pool)
+    python benchmarks/pool.py --scale-only    # only the 1,000-module load and pre-filter measurement
+
+Accuracy: for pool sizes 20, 50, 100, 200 and all, on the zoo's held-out tasks x seeds, LoraHub (CMA-ES,
+budget 40) over the K = 20 modules kept by ``random:20``, ``loss:20`` and ``similarity:20``, and over every
+module of the pool (no pre-filter). Scale: 1,000 random modules shaped like the zoo's: seconds to index,
+seconds and evaluations per pre-filter, and the driver's peak traced memory against the K kept modules' size.
+Writes benchmarks/results/pool.json and pool.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from protocol import Case  # noqa: E402
+
+from actors import WorkerSpec  # noqa: E402
+from lorahub_ray.modules import check_compatible, index_module, stack_modules  # noqa: E402
+from lorahub_ray.config import PoolConfig  # noqa: E402
+from lorahub_ray.pool import WorkerPool  # noqa: E402
+from lorahub_ray.prefilter import PrefilterSpec, select  # noqa: E402
+from lorahub_ray.search import Search, minimize  # noqa: E402
+from lorahub_ray.toy import build_random_base, build_random_modules  # noqa: E402
+
+# ---- settings -------------------------------------------------------------------------------------------
+K = 20
+POOL_SIZES = [20, 50, 100, 200, None]  # None: the whole pool
+PREFILTERS = ["random", "loss", "similarity", "none"]
+SEEDS = [1, 2, 3]
+BUDGET = 40
+SCALE_MODULES = 1000
+RESULTS = Path(__file__).parent / "results"
+# ---------------------------------------------------------------------------------------------------------
+
+
+def scale(root: Path, base: str | None) -> dict:
+    """Index and pre-filter SCALE_MODULES random modules; time, evaluations and driver peak memory (numpy and
+    Python allocations traced in this process; the evaluating actor is a separate process)."""
+    if base is None:
+        base = str(build_random_base(root / "base", "t5", d_model=128, layers=2, heads=4, d_ff=256))
+    start = time.perf_counter()
+    paths = [str(p) for p in build_random_modules(base, root / "pool", SCALE_MODULES, rank=8, seed=3)]
+    built = time.perf_counter() - start
+    examples = [{"input": f"Reverse the word: {w}\nAnswer:", "output": w[::-1]} for w in
+                ("apple", "stone", "river", "light", "cloud")]
+    tracemalloc.start()
+    start = time.perf_counter()
+    entries = [index_module(p) for p in paths]
+    check_compatible(entries)
+    index_seconds = time.perf_counter() - start
+    index_bytes = tracemalloc.get_traced_memory()[0]
+    rows = {"modules": SCALE_MODULES, "build_seconds": built, "index_seconds": index_seconds,
+            "index_bytes": index_bytes, "prefilters": {}}
+    kept_bytes = stack_modules(entries[:K]).nbytes
+    rows["k_modules_bytes"] = kept_bytes
+    rows["pool_bytes"] = kept_bytes * SCALE_MODULES // K
+    spec = WorkerSpec(base=base, num_threads=1)
+    for name in ("random", "loss"):
+        tracemalloc.reset_peak()
+        start = time.perf_counter()
+
+        def losses(indices: list[int]) -> list[float]:
+            out: list[float] = []
+            with WorkerPool(spec, stack_modules([entries[i] for i in indices[:K]]), examples,
+                            PoolConfig(num_actors=1)) as scorer:  # the model lives in the actor, not the driver
+                for first in range(0, len(indices), K):
+                    block = indices[first : first + K]
+                    scorer.set_stack(stack_modules([entries[i] for i in block]))
+                    out += [o.loss for o in scorer.evaluate(np.eye(len(block)))]
+            return out
+
+        report = select(PrefilterSpec(name, K), paths, [e.directory for e in entries],
+                        [ex["input"] for ex in examples], losses, seed=0)
+        peak = tracemalloc.get_traced_memory()[1]
+        rows["prefilters"][name] = {"seconds": time.perf_counter() - start, "evaluations": report.evaluations,
+                                    "driver_peak_bytes": peak,
+                                    "peak_over_2k_plus_index": peak / (2 * kept_bytes + index_bytes)}
+    tracemalloc.stop()
+    return rows
+
+
+def accuracy_vs_pool(zoo: Path, kind: str) -> dict:
+    """Held-out accuracy per pre-filter and pool size (mean over tasks x seeds)."""
+    from lorahub_ray.zoo.build import load_manifest
+    from lorahub_ray.zoo.tasks import get_task, splits
+
+    manifest = load_manifest(zoo)
+    base = str(zoo / manifest["bases"][kind])
+    everything = [str(zoo / m["path"]) for m in manifest["modules"][kind]]
+    table: dict = {}
+    for size in POOL_SIZES:
+        label = "all" if size is None else str(size)
+        if size is not None and size > len(everything):
+            continue
+        for entry in manifest["heldout"]:
+            data = splits(get_task(entry["task"]), manifest["seed"])
+            test = [json.loads(line) for line in (zoo / entry["test"]).read_text().splitlines()]
+            for seed in SEEDS:
+                rng = random.Random(f"{entry['task']}/{seed}/{label}")
+                pool = sorted(rng.sample(everything, size)) if size else everything
+                fewshot = rng.sample(data["train"], 5)
+                for prefilter in PREFILTERS:
+                    accuracy = _lorahub_accuracy(base, pool, fewshot, test, prefilter, seed)
+                    table.setdefault(prefilter, {}).setdefault(label, []).append(accuracy)
+            print(f"pool {label}: {entry['task']} done", flush=True)
+    return {p: {size: float(np.mean(v)) for size, v in sizes.items()} for p, sizes in table.items()}
+
+
+def _lorahub_accuracy(base: str, pool: list[str], fewshot: list[dict], test: list[dict], prefilter: str,
+                      seed: int) -> float:
+    entries = [index_module(p) for p in pool]
+    if prefilter != "none":
+        spec = WorkerSpec(base=base, num_threads=1)
+
+        def losses(indices: list[int]) -> list[float]:
+            with WorkerPool(spec, stack_modules([entries[i] for i in indices]), fewshot,
+                            PoolConfig(num_actors=0)) as scorer:
+                return [o.loss for o in scorer.evaluate(np.eye(len(indices)))]
+
+        report = select(PrefilterSpec(prefilter, K), pool, [e.directory for e in entries],
+                        [ex["input"] for ex in fewshot], losses, seed)
+        pool = [pool[i] for i in report.selected]
+    case = Case(base, pool, fewshot, test, seed)
+    with WorkerPool(WorkerSpec(base=base, num_threads=1), case.stack, fewshot, PoolConfig(num_actors=0)) as workers:
+        search = Search(case.stack.num_modules, BUDGET, "cma", seed=seed)
+        best = minimize(search, workers.evaluate)
+    return case.accuracy(np.array(best.weights))
+
+
+def plot(accuracy: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for prefilter, sizes in accuracy.items():
+        ax.plot(list(sizes), list(sizes.values()), marker="o", label=prefilter if prefilter != "none" else "all modules")
+    ax.set_xlabel("modules in the pool")
+    ax.set_ylabel("held-out exact match (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="LoraHub with large module pools")
+    parser.add_argument("--zoo", type=Path, default=None, help="zoo directory with a large pool (default: the cache)")
+    parser.add_argument("--model", choices=["t5", "llama"], default="t5")
+    parser.add_argument("--scale-only", action="store_true")
+    args = parser.parse_args()
+    from lorahub_ray.zoo.build import DEFAULT_ZOO_DIR
+
+    zoo = args.zoo or DEFAULT_ZOO_DIR
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        scale_rows = scale(Path(tmp), None)
+    print(f"{SCALE_MODULES} modules: indexed in {scale_rows['index_seconds']:.1f}s "
+          f"(index {scale_rows['index_bytes'] / 2**20:.1f} MiB, pool {scale_rows['pool_bytes'] / 2**20:.0f} MiB, "
+          f"K={K} modules {scale_rows['k_modules_bytes'] / 2**20:.1f} MiB)")
+    for name, row in scale_rows["prefilters"].items():
+        print(f"  {name}:{K}: {row['seconds']:.1f}s, {row['evaluations']} evaluations, driver peak "
+              f"{row['driver_peak_bytes'] / 2**20:.1f} MiB = {row['peak_over_2k_plus_index']:.2f} x (2K + index)")
+    accuracy = None if args.scale_only else accuracy_vs_pool(zoo, args.model)
+    if accuracy:
+        for prefilter, sizes in accuracy.items():
+            print(f"{prefilter:12s} " + "  ".join(f"{size}: {acc:5.1f}" for size, acc in sizes.items()))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "pool_scale" if args.scale_only else "pool"
+    (RESULTS / f"{name}.json").write_text(json.dumps({
+        "command": " ".join(["python benchmarks/pool.py", *sys.argv[1:]]), "machine": platform.platform(),
+        "wall_seconds": time.time() - started, "k": K, "scale": scale_rows, "accuracy": accuracy,
+    }, indent=1) + "\n")
+    if accuracy:
+        plot(accuracy, RESULTS / f"{name}.png")
+    print(f"wrote {RESULTS / name}.json")
+
+
+if __name__ == "__main__":
+    main()
