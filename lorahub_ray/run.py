@@ -109,10 +109,7 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
                       "some actors idle at the end of each generation", InefficientSettingsWarning, stacklevel=2)
     if final is not None and overwrite and not history and final.exists():
         shutil.rmtree(final)
-    spec = WorkerSpec(base=config.base, mode=config.mode, apply=pool.apply, objective=config.objective,
-                      reference_batch_size=config.reference_batch_size,
-                      example_batch_size=pool.example_batch_size, dtype=pool.dtype, device=pool.device,
-                      num_threads=pool.threads_per_actor, candidates_per_pass=pool.candidates_per_pass)
+    spec = worker_spec(config, pool)
     with ray_session(pool):
         report = _prefilter(prefilter, entries, examples, spec, pool, config.seed) if prefilter else None
         if report is not None:
@@ -140,6 +137,14 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
     if final is not None:
         _write_output(result, final, merge)
     return result
+
+
+def worker_spec(config: RunConfig, pool: PoolConfig) -> WorkerSpec:
+    """What every evaluator of this search loads and how it scores."""
+    return WorkerSpec(base=config.base, mode=config.mode, apply=pool.apply, objective=config.objective,
+                      reference_batch_size=config.reference_batch_size, example_batch_size=pool.example_batch_size,
+                      dtype=pool.dtype, device=pool.device, num_threads=pool.threads_per_actor,
+                      candidates_per_pass=pool.candidates_per_pass)
 
 
 def _prefilter(prefilter: PrefilterSpec, entries: list[ModuleEntry], examples: list[dict[str, str]],
