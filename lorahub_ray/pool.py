@@ -80,7 +80,7 @@ class WorkerPool:
         import ray
 
         options = {"num_cpus": self.config.cpus_per_actor, "num_gpus": self.config.gpus_per_actor}
-        if True:
+        if ray.util.get_current_placement_group() is None:  # in one (a Tune trial's), stay in it: no strategy
             options["scheduling_strategy"] = "SPREAD"  # spread over nodes: more memory bandwidth per actor
         return self._remote_worker.options(**options).remote(*self._init_args)
 
