@@ -34,6 +34,7 @@ class ModuleCache:
         self.device, self.dtype = param.device, param.dtype
         self.mode, self.num_modules = mode, stack.num_modules
         self._paths = paths = [layer.path for layer in stack.layers]
+        self.targets: list[MergedLayer] | list[SlotLayer]
         if apply == "merge":
             self.targets = [MergedLayer(model.get_submodule(p), stack.scaling, stack.fan_in_fan_out) for p in paths]
         else:

@@ -46,11 +46,11 @@ class WorkerPool:
         self._pass = spec.candidates_per_pass  # work is handed out in whole passes
         self._owns_ray = False  # whether close() shuts Ray down
         self._restarts = 0  # actor deaths so far
+        self._local: Worker | None = None  # the in-process worker when there are no actors
         if config.num_actors == 0:
             self._local = Worker(spec, stack, examples)
             self.actors: list = []
             return
-        self._local = None
         import ray
 
         if not ray.is_initialized():

@@ -172,16 +172,17 @@ def _prefilter(prefilter: PrefilterSpec, entries: list[ModuleEntry], examples: l
     return report
 
 
-def resume(output: str | Path, pool: PoolConfig | None = None, **options: object) -> SearchResult:
+def resume(output: str | Path, pool: PoolConfig | None = None, *, merge: bool = False, progress: bool = True,
+           on_generation: Callable[[Search], None] | None = None) -> SearchResult:
     """Continue the interrupted search whose checkpoint is in ``output``, to the result it would have had.
 
     Args:
         output: the ``output`` directory of the interrupted `run`.
         pool: where to evaluate now (any actor count; the same per-actor resources give the same result).
-        options: `run`'s keyword options (``merge``, ``progress``, ``on_generation``).
+        merge, progress, on_generation: as for `run`.
     """
     config, history = load_checkpoint(Path(output))
-    return run(config, pool, output, history=history, **options)
+    return run(config, pool, output, history=history, merge=merge, progress=progress, on_generation=on_generation)
 
 
 def _check_output(output: str | Path | None, overwrite: bool, resuming: bool) -> Path | None:
