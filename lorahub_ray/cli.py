@@ -1,4 +1,4 @@
-"""The ``lorahub-ray`` command: ``search``, ``evaluate`` and ``demo``.
+"""The ``lorahub-ray`` command: ``search``, ``evaluate``, ``demo`` and ``tune``.
 
 Errors that lorahub-ray raises on purpose are printed as one paragraph (``error: ...``, exit code 2);
 anything else keeps its traceback, because it is a bug.
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lorahub_ray.config import OPTIMIZER_NAMES, PoolConfig, RunConfig
 from lorahub_ray.errors import ConfigError, LoraHubRayError
+from lorahub_ray.tune import add_tune_command, run_tune_command
 
 
 def _pool_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=42)
     _pool_arguments(demo)
     demo.set_defaults(actors=2)
+    add_tune_command(commands)
     return parser
 
 
@@ -135,7 +137,7 @@ def _demo(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"search": _search, "evaluate": _evaluate, "demo": _demo}[args.command](args)
+        {"search": _search, "evaluate": _evaluate, "demo": _demo, "tune": run_tune_command}[args.command](args)
     except LoraHubRayError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,387 @@
+"""Ray Tune integration: one LoraHub search per Tune trial, checkpointed every generation; task x grid sweeps.
+
+`search_trial` is a Tune function trainable that runs `lorahub_ray.run.run` from its ``config`` dict (keys:
+`TRIAL_KEYS`). `with_pool_resources` gives each trial a placement group that also holds its evaluator actors.
+`sweep` runs tasks x a grid of settings and exports each task's best adapter. Ray Tune is imported inside the
+functions only, so the CLI starts without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+
+from lorahub_ray.checkpoint import load_checkpoint, save_checkpoint
+from lorahub_ray.config import PoolConfig, RunConfig
+from lorahub_ray.errors import ConfigError, InputError, WorkerError
+from lorahub_ray.export import ADAPTER_DIR, RESULT_FILE
+from lorahub_ray.run import run
+from lorahub_ray.search import Evaluation, Search
+
+RUN_KEYS = tuple(f.name for f in fields(RunConfig))
+SAMPLING_KEYS = ("module_pool", "num_modules", "module_seed")  # sample `num_modules` of `module_pool`, seeded
+POOL_KEYS = ("actors", "cpus_per_actor", "gpus_per_actor", "trial_cpus")
+TRIAL_KEYS = (*RUN_KEYS, *SAMPLING_KEYS, *POOL_KEYS, "task")  # "task": a label, set by `sweep`
+PATH_KEYS = ("base", "modules", "module_pool")
+SWEEP_KEYS = ("tasks", "param_space", "storage_path", "name", "max_concurrent_trials", "max_failures")
+SEARCH_DIR = "search"  # the trial's `run` output, inside its trial directory
+BEST_DIR = "best"  # <experiment>/best/<task>/: the task's best adapter and result.json
+DEFAULT_STORAGE = "~/ray_results"  # Tune's default storage path
+
+EXAMPLE_WORDS = ("abc", "hello", "ray", "lora", "tiny")
+EXAMPLE_TASKS: dict[str, Callable[[str], str]] = {
+    "reverse": lambda word: word[::-1], "upper": str.upper, "double": lambda word: word + word,
+}
+EXAMPLE_POOL = 24  # toy modules the example samples from
+
+
+def trial_settings(config: Mapping) -> tuple[RunConfig, PoolConfig]:
+    """The `RunConfig` and `PoolConfig` of a trial ``config``; `module_pool` is sampled with `module_seed` (default 0).
+
+    Raises:
+        ConfigError: an unknown key, a missing one, or a bad value (the message names it).
+    """
+    _check_keys(config, TRIAL_KEYS, "trial settings")
+    missing = [f"`{key}`" for key in ("base", "examples") if key not in config]
+    if missing:
+        raise ConfigError(f"a trial needs {' and '.join(missing)}")
+    settings = {key: config[key] for key in RUN_KEYS if key in config}
+    run_config = RunConfig(**{**settings, "modules": _modules(config)})
+    pool = PoolConfig(num_actors=config.get("actors", 1), cpus_per_actor=config.get("cpus_per_actor", 1.0),
+                      gpus_per_actor=config.get("gpus_per_actor", 0.0))
+    return run_config, pool
+
+
+def _modules(config: Mapping) -> list[str]:
+    if "module_pool" not in config:
+        for key in ("num_modules", "module_seed"):
+            if key in config:
+                raise ConfigError(f"`{key}` samples from `module_pool`, which is not given")
+        if "modules" not in config:
+            raise ConfigError("a trial needs `modules` or `module_pool`")
+        return config["modules"]
+    if "modules" in config:
+        raise ConfigError("give `modules` or `module_pool` (sampled), not both")
+    pool = [str(module) for module in config["module_pool"]]
+    count = config.get("num_modules", len(pool))
+    if not isinstance(count, int) or not 1 <= count <= len(pool):
+        raise ConfigError(f"`num_modules` must be an integer in 1..{len(pool)} (the size of `module_pool`), "
+                          f"got {count!r}")
+    return sorted(random.Random(config.get("module_seed", 0)).sample(pool, count))
+
+
+def trial_resources(config: Mapping):
+    """The trial's `tune.PlacementGroupFactory`: its own process, then one bundle per evaluator actor.
+
+    The trial's process only waits on its actors, so it reserves ``trial_cpus`` (default 0: none). With
+    ``actors`` 0 the trial evaluates in its own process, which then reserves one actor's resources.
+    """
+    from ray import tune
+
+    _, pool = trial_settings(config)
+    trial_cpus = config.get("trial_cpus", 0.0)
+    if trial_cpus < 0:
+        raise ConfigError(f"`trial_cpus` must be >= 0, got {trial_cpus!r}")
+    actor = {"CPU": pool.cpus_per_actor, "GPU": pool.gpus_per_actor}
+    if pool.num_actors == 0:
+        return tune.PlacementGroupFactory([actor])
+    return tune.PlacementGroupFactory([{"CPU": trial_cpus}, *[actor] * pool.num_actors])
+
+
+def with_pool_resources(trainable: Callable[[dict], None] | None = None):
+    """``trainable`` (default `search_trial`) wrapped by `tune.with_resources` with `trial_resources`.
+
+    Tune starts a trial only when its whole placement group fits, and the pool starts its actors inside that
+    group, so trials never over-subscribe the cluster.
+    """
+    from ray import tune
+
+    return tune.with_resources(trainable or search_trial, trial_resources)
+
+
+def search_trial(config: dict) -> None:
+    """Tune function trainable: one LoraHub search from ``config`` (`TRIAL_KEYS`), written to ``<trial dir>/search``.
+
+    Reports ``best_score``, ``best_loss``, ``evaluations``, ``generation`` and ``generation_seconds`` (wall seconds
+    since the previous report; the first includes starting the pool) after every generation, each with a
+    checkpoint (``checkpoint.json``: settings and history). A trial restored from one continues to the result of
+    an uninterrupted trial. The last report also gives ``adapter``, the composed PEFT adapter's path.
+    """
+    from ray import tune
+
+    run_config, pool = trial_settings(config)
+    lap = _stopwatch()
+
+    def report(search: Search) -> None:
+        if not search.done:  # the last generation is reported with the adapter, once that is written
+            _report(run_config, search.history, lap())
+
+    result = run(run_config, pool, Path(tune.get_context().get_trial_dir()) / SEARCH_DIR, overwrite=True,
+                 progress=False, on_generation=report, history=_restored_history(run_config))
+    _report(run_config, result.history, lap(), adapter=str(result.adapter_dir))
+
+
+def _stopwatch() -> Callable[[], float]:
+    """A function returning the seconds since it was last called (or created)."""
+    last = time.perf_counter()
+
+    def lap() -> float:
+        nonlocal last
+        now, previous = time.perf_counter(), last
+        last = now
+        return now - previous
+
+    return lap
+
+
+def _restored_history(config: RunConfig) -> list[Evaluation]:
+    """The history in the trial's checkpoint (none for a fresh trial)."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as directory:
+        saved, history = load_checkpoint(Path(directory))
+    if saved != config:
+        raise InputError("the trial's checkpoint comes from a search with other settings: "
+                         f"{saved.to_dict()} != {config.to_dict()}")
+    return history
+
+
+def _report(config: RunConfig, history: Sequence[Evaluation], seconds: float, **extra: object) -> None:
+    """`tune.report` the search so far with a checkpoint holding ``checkpoint.json``."""
+    from ray import tune
+
+    best = min(history, key=lambda e: e.score)
+    metrics = {"best_score": best.score, "best_loss": best.loss, "evaluations": len(history),
+               "generation": history[-1].generation + 1, "generation_seconds": seconds, **extra}
+    with tempfile.TemporaryDirectory() as directory:
+        save_checkpoint(Path(directory), config, history)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def sweep(tasks: Mapping[str, str | Path | list[dict]], param_space: Mapping[str, object], *,
+          storage_path: str | Path | None = None, name: str = "lorahub-sweep", max_concurrent_trials: int | None = None,
+          max_failures: int = 0, resume: bool = False, verbose: int = 1, **settings: object) -> list[dict]:
+    """Run one `search_trial` per task x grid point of ``param_space`` with Ray Tune; print and return each task's best.
+
+    Args:
+        tasks: task name -> its few-shot examples (JSONL path, or the examples).
+        param_space: trial setting -> the list of values to grid over (or a single value).
+        storage_path: Tune's storage directory (default ``~/ray_results``); the experiment is ``<it>/<name>``.
+        name: the experiment name.
+        max_concurrent_trials: cap on trials at once (default: as many as the cluster's resources fit).
+        max_failures: retries of a failed trial, each continuing from the trial's last checkpoint.
+        resume: continue the interrupted experiment ``<storage_path>/<name>``, each trial from its checkpoint.
+        verbose: Tune's console output (0 silent, 1 default).
+        settings: trial settings shared by every trial (`TRIAL_KEYS`: ``base``, ``modules`` or ``module_pool``,
+            ``budget``, ``actors``...). Local paths are made absolute (trials run in other directories).
+
+    Returns:
+        One row per task for its best trial (lowest ``best_score``, the first on ties): ``task``, ``params`` (the
+        swept settings), ``best_score``, ``best_loss``, ``weights`` (module -> weight), ``adapter`` (a copy of the
+        trial's adapter in ``<experiment>/best/<task>/adapter``) and ``trial`` (the trial directory).
+
+    Raises:
+        ConfigError: bad settings (checked for every trial before any starts), naming the field.
+        WorkerError: a trial failed (its error is in the trial directory).
+    """
+    from ray import tune
+
+    tasks, param_space, settings = _check_sweep(tasks, param_space, settings)
+    experiment = Path(storage_path or DEFAULT_STORAGE).expanduser().resolve() / name
+    trainable = with_pool_resources()
+    if resume:
+        if not tune.Tuner.can_restore(str(experiment)):
+            raise ConfigError(f"`resume`: {str(experiment)!r} holds no Tune experiment to continue")
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
+    else:
+        if experiment.exists():
+            raise ConfigError(f"`name`: {str(experiment)!r} already exists; choose another name or resume it")
+        space = {**settings, **{key: tune.grid_search(value) if isinstance(value, list) else value
+                                for key, value in param_space.items()},
+                 "task": tune.grid_search(list(tasks)), "examples": tune.sample_from(lambda c: tasks[c["task"]])}
+        tuner = tune.Tuner(trainable, param_space=space,
+                           tune_config=tune.TuneConfig(metric="best_score", mode="min",
+                                                       max_concurrent_trials=max_concurrent_trials),
+                           run_config=tune.RunConfig(name=name, storage_path=str(experiment.parent), verbose=verbose,
+                                                     failure_config=tune.FailureConfig(max_failures=max_failures)))
+    rows = _best_rows(tuner.fit(), list(tasks), [key for key in param_space if isinstance(param_space[key], list)],
+                      experiment / BEST_DIR)
+    print(format_table(rows))
+    return rows
+
+
+def _check_sweep(tasks: Mapping, param_space: Mapping, settings: Mapping) -> tuple[dict, dict, dict]:
+    """Check a sweep's settings and every trial's, before anything starts; make local paths absolute."""
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise ConfigError(f"`tasks` must map task names to examples (a JSONL path or a list), got {tasks!r}")
+    if not isinstance(param_space, Mapping):
+        raise ConfigError(f"`param_space` must map trial settings to lists of values, got {param_space!r}")
+    sweepable = tuple(key for key in TRIAL_KEYS if key not in ("task", "examples"))
+    _check_keys(param_space, sweepable, "`param_space`")
+    _check_keys(settings, sweepable, "sweep settings")
+    both = sorted(set(param_space) & set(settings))
+    if both:
+        raise ConfigError(f"{both} are both fixed settings and swept in `param_space`; keep one")
+    for key, value in param_space.items():
+        if isinstance(value, list) and not value:
+            raise ConfigError(f"`param_space`: `{key}` has no values")
+    root = Path.cwd()
+    tasks = {str(task): _absolute(examples, root) for task, examples in tasks.items()}
+    for task, examples in tasks.items():
+        if not isinstance(examples, list) and not Path(examples).is_file():
+            raise ConfigError(f"`tasks`: the examples of {task!r}, {str(examples)!r}, are not a file")
+    param_space = {key: _absolute(value, root) if key in PATH_KEYS else value for key, value in param_space.items()}
+    settings = {key: _absolute(value, root) if key in PATH_KEYS else value for key, value in settings.items()}
+    grid = [[(key, v) for v in value] if isinstance(value, list) else [(key, value)]
+            for key, value in param_space.items()]
+    for task, point in itertools.product(tasks, itertools.product(*grid)):
+        trial_resources({**settings, **dict(point), "task": task, "examples": tasks[task]})
+    return tasks, param_space, settings
+
+
+def _check_keys(config: Mapping, accepted: Sequence[str], what: str) -> None:
+    unknown = sorted(set(config) - set(accepted))
+    if unknown:
+        raise ConfigError(f"{what}: unknown {unknown}; accepted: {list(accepted)}")
+
+
+def _absolute(value: object, root: Path) -> object:
+    """``value`` with every string that names an existing path under ``root`` made absolute (lists: each item)."""
+    if isinstance(value, (list, tuple)):
+        return [_absolute(item, root) for item in value]
+    if isinstance(value, (str, Path)) and (root / Path(value).expanduser()).exists():
+        return str((root / Path(value).expanduser()).resolve())
+    return value
+
+
+def _best_rows(results, tasks: list[str], swept: list[str], best_dir: Path) -> list[dict]:
+    """Each task's best trial, its adapter and result.json copied into ``best_dir/<task>``."""
+    failed = [result for result in results if result.error]
+    if failed:
+        raise WorkerError(f"{len(failed)} trial(s) failed; the first, in {failed[0].path}: "
+                          f"{str(failed[0].error).strip().splitlines()[-1]}")
+    rows = []
+    for task in tasks:
+        best = min((r for r in results if r.config["task"] == task), key=lambda r: r.metrics["best_score"])
+        rows.append(_export(best, task, swept, best_dir / task))
+    return rows
+
+
+def _export(result, task: str, swept: list[str], target: Path) -> dict:
+    source = Path(result.path) / SEARCH_DIR
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    shutil.copytree(source / ADAPTER_DIR, target / ADAPTER_DIR)
+    shutil.copy2(source / RESULT_FILE, target / RESULT_FILE)
+    saved = json.loads((source / RESULT_FILE).read_text(encoding="utf-8"))
+    return {"task": task, "params": {key: result.config[key] for key in swept},
+            "best_score": result.metrics["best_score"], "best_loss": result.metrics["best_loss"],
+            "weights": saved["weights"], "adapter": str(target / ADAPTER_DIR), "trial": result.path}
+
+
+def format_table(rows: Sequence[dict], top: int = 3) -> str:
+    """The sweep's rows as a text table; ``top`` weights (largest |w|) per task, modules by directory name."""
+    def weights(row: dict) -> str:
+        largest = sorted(row["weights"].items(), key=lambda kv: -abs(kv[1]))[:top]
+        return " ".join(f"{Path(module).name}:{w:+.2f}" for module, w in largest)
+
+    params = list(rows[0]["params"]) if rows else []
+    header = ["task", *params, "best_score", "best_loss", f"top {top} weights", "adapter"]
+    lines = [[row["task"], *(str(row["params"][key]) for key in params), f"{row['best_score']:.4f}",
+              f"{row['best_loss']:.4f}", weights(row), row["adapter"]] for row in rows]
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in [header, *lines])
+
+
+def load_sweep_config(path: str | Path) -> dict:
+    """Read a sweep JSON file into `sweep`'s keyword arguments; relative paths are taken from the file's directory.
+
+    The file is one object: ``tasks`` (name -> JSONL path), ``param_space`` (setting -> list of values), optionally
+    ``storage_path``, ``name``, ``max_concurrent_trials``, ``max_failures``, and the shared trial settings.
+    """
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InputError(f"cannot read the sweep config {str(path)!r}: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"the sweep config {str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"the sweep config {str(path)!r} must be a JSON object, got {type(config).__name__}")
+    _check_keys(config, (*SWEEP_KEYS, *(key for key in TRIAL_KEYS if key not in ("task", "examples"))),
+                str(path))
+    for key in ("tasks", "param_space"):
+        if not isinstance(config.get(key), dict):
+            raise ConfigError(f"the sweep config {str(path)!r} needs `{key}`, an object")
+    root = path.resolve().parent
+    config["tasks"] = {task: _absolute(examples, root) for task, examples in config["tasks"].items()}
+    config["param_space"] = {key: _absolute(value, root) if key in PATH_KEYS else value
+                             for key, value in config["param_space"].items()}
+    if config.get("storage_path"):
+        config["storage_path"] = str(root / Path(config["storage_path"]).expanduser())
+    return {key: _absolute(value, root) if key in PATH_KEYS else value for key, value in config.items()}
+
+
+def example_sweep(out_dir: str | Path, resume: bool = False) -> list[dict]:
+    """Build a tiny offline world in ``out_dir`` (a random T5, `EXAMPLE_POOL` random LoRA modules, three tasks),
+    write ``out_dir/sweep.json`` (l1 in {0, 0.05, 0.1} x 10 or 20 sampled modules, over three tasks) and run it."""
+    from lorahub_ray.toy import build_random_base, build_random_modules
+
+    out = Path(out_dir)
+    config_path = out / "sweep.json"
+    if not config_path.exists():
+        world = out / "world"
+        base = build_random_base(world / "base", "t5")
+        modules = build_random_modules(base, world / "modules", count=EXAMPLE_POOL, rank=4, seed=1)
+        (world / "tasks").mkdir()
+        for task, answer in EXAMPLE_TASKS.items():
+            lines = [json.dumps({"input": f"{task}: {word}\nAnswer:", "output": answer(word)}) + "\n"
+                     for word in EXAMPLE_WORDS]
+            (world / "tasks" / f"{task}.jsonl").write_text("".join(lines), encoding="utf-8")
+        config = {
+            "name": "example", "storage_path": "runs", "base": "world/base",
+            "module_pool": [str(m.relative_to(out)) for m in modules], "module_seed": 0,
+            "budget": 24, "seed": 42, "actors": 1, "cpus_per_actor": 1,
+            "tasks": {task: f"world/tasks/{task}.jsonl" for task in EXAMPLE_TASKS},
+            "param_space": {"l1": [0, 0.05, 0.1], "num_modules": [10, 20]},
+        }
+        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return sweep(**load_sweep_config(config_path), resume=resume)
+
+
+def add_tune_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``lorahub-ray tune`` to the CLI's subcommands."""
+    parser = subparsers.add_parser("tune", help="sweep tasks x settings as Ray Tune trials; print each task's best")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="sweep JSON: tasks, param_space and the shared trial settings")
+    source.add_argument("--example", nargs="?", const="", metavar="DIR",
+                        help="the example sweep on tiny offline models, in DIR (default: a new temp dir)")
+    parser.add_argument("--storage-path", default=None,
+                        help="Tune's storage directory (default: the config's storage_path, else ~/ray_results)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted sweep, each trial from its last checkpoint")
+
+
+def run_tune_command(args: argparse.Namespace) -> None:
+    """Run ``lorahub-ray tune`` (the table is printed by `sweep`)."""
+    if args.example is not None:
+        if args.storage_path:
+            raise ConfigError("--storage-path goes with --config; --example writes under its DIR")
+        example_sweep(args.example or tempfile.mkdtemp(prefix="lorahub-ray-tune-"), resume=args.resume)
+        return
+    config = load_sweep_config(args.config)
+    if args.storage_path:
+        config["storage_path"] = args.storage_path
+    sweep(**config, resume=args.resume)
