@@ -1,4 +1,4 @@
-"""The ``lorahub-ray`` command: ``search``, ``evaluate``, ``demo`` and ``tune``.
+"""The ``lorahub-ray`` command: ``search``, ``evaluate``, ``demo``, ``zoo build`` and ``tune``.
 
 Errors that lorahub-ray raises on purpose are printed as one paragraph (``error: ...``, exit code 2);
 anything else keeps its traceback, because it is a bug.
@@ -86,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=42)
     _pool_arguments(demo)
     demo.set_defaults(actors=2)
+
+    zoo = commands.add_parser("zoo", help="the offline module zoo: tasks, base models and LoRA modules")
+    zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)
+    build = zoo_commands.add_parser("build", help="build (or complete) the zoo; cached and deterministic")
+    build.add_argument("--out", default=None, help="zoo directory (default: ~/.cache/lorahub-ray/zoo or "
+                                                   "$LORAHUB_RAY_ZOO)")
+    build.add_argument("--size", choices=["tiny", "default"], default="default")
+    build.add_argument("--kinds", nargs="+", choices=["t5", "llama"], default=["t5"],
+                       help="base models: t5 (encoder-decoder) and/or llama (decoder-only)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     add_tune_command(commands)
     return parser
 
@@ -134,10 +145,24 @@ def _demo(args: argparse.Namespace) -> None:
              seed=args.seed, pool=_pool_config(args))
 
 
+def _zoo(args: argparse.Namespace) -> None:
+    import time
+
+    from lorahub_ray.zoo.build import DEFAULT_ZOO_DIR, build_zoo
+
+    out = Path(args.out) if args.out else DEFAULT_ZOO_DIR
+    start = time.perf_counter()
+    manifest = build_zoo(out, size=args.size, kinds=tuple(args.kinds), seed=args.seed, num_threads=args.threads)
+    modules = sum(len(entries) for entries in manifest["modules"].values())
+    print(f"zoo at {out}: {len(manifest['bases'])} base model(s), {modules} modules, {len(manifest['heldout'])} "
+          f"held-out tasks; {len(manifest['built'])} artifacts built in {time.perf_counter() - start:.0f}s")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"search": _search, "evaluate": _evaluate, "demo": _demo, "tune": run_tune_command}[args.command](args)
+        commands = {"search": _search, "evaluate": _evaluate, "demo": _demo, "zoo": _zoo, "tune": run_tune_command}
+        commands[args.command](args)
     except LoraHubRayError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

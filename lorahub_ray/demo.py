@@ -21,9 +21,18 @@ from lorahub_ray.zoo.build import DEFAULT_ZOO_DIR, build_zoo, load_manifest
 DEMO_MODULES = 20  # modules sampled per search, as in LoraHub
 
 
+PREBUILT_ZOO_DIR = Path(__file__).parent / "zoo" / "prebuilt"  # the default zoo, shipped with the package
+
+
 def ensure_zoo(zoo: str | Path | None) -> tuple[Path, dict]:
-    """The zoo at ``zoo`` (default: the user cache), built on first use."""
-    directory = Path(zoo) if zoo else DEFAULT_ZOO_DIR
+    """The zoo at ``zoo``; by default the user's cache if it holds one, else the prebuilt zoo shipped with the
+    package, else the cache, built on first use (``lorahub-ray zoo build`` rebuilds it)."""
+    if zoo:
+        directory = Path(zoo)
+    elif (DEFAULT_ZOO_DIR / "manifest.json").is_file() or not (PREBUILT_ZOO_DIR / "manifest.json").is_file():
+        directory = DEFAULT_ZOO_DIR
+    else:
+        directory = PREBUILT_ZOO_DIR
     if not (directory / "manifest.json").is_file():
         print(f"building the module zoo in {directory} (once; later runs reuse it)")
         build_zoo(directory)

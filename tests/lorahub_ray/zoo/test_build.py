@@ -17,8 +17,8 @@ from lorahub_ray.zoo.train import encode, train_lora
 
 pytestmark = pytest.mark.slow
 
-UPSTREAM = ["max_digit", "reverse_word", "lookup"]
-HELDOUT = ["biggest_digit", "digit_3"]
+UPSTREAM = ["max_number", "reverse_word", "lookup"]
+HELDOUT = ["biggest_number", "digit_3"]
 FAST = {"base_steps": 8, "module_steps": 3, "n_train": 32, "n_test": 8}
 
 
@@ -100,13 +100,13 @@ def test_second_build_is_cached(zoo):
 
 
 def test_changed_module_budget_rebuilds_modules_only(tmp_path):
-    kwargs = dict(size="tiny", kinds=("t5",), tasks=["max_digit"], progress=False)
+    kwargs = dict(size="tiny", kinds=("t5",), tasks=["max_number"], progress=False)
     first = build_zoo(tmp_path, overrides=FAST, **kwargs)
-    assert sorted(first["built"]) == ["t5/base", "t5/modules/max_digit"]
-    weights = load_file(tmp_path / "t5/modules/max_digit/adapter_model.safetensors")
+    assert sorted(first["built"]) == ["t5/base", "t5/modules/max_number"]
+    weights = load_file(tmp_path / "t5/modules/max_number/adapter_model.safetensors")
     second = build_zoo(tmp_path, overrides={**FAST, "module_steps": 4}, **kwargs)
-    assert second["built"] == ["t5/modules/max_digit"]
-    changed = load_file(tmp_path / "t5/modules/max_digit/adapter_model.safetensors")
+    assert second["built"] == ["t5/modules/max_number"]
+    changed = load_file(tmp_path / "t5/modules/max_number/adapter_model.safetensors")
     assert any(not torch.equal(weights[k], changed[k]) for k in weights)
 
 
@@ -136,7 +136,7 @@ def test_encode_formats_examples_for_both_kinds():
 def test_modules_share_their_initialisation():
     tok = make_tokenizer()
     base = build_model("t5", "tiny")
-    data = splits(get_task("max_digit"), 0, 8, 0, 0)["train"]
+    data = splits(get_task("max_number"), 0, 8, 0, 0)["train"]
     other = splits(get_task("lookup"), 0, 8, 0, 0)["train"]
     a, _ = train_lora(base, tok, data, ["q", "v"], rank=4, steps=0, progress=False)
     b, _ = train_lora(base, tok, other, ["q", "v"], rank=4, steps=0, progress=False, seed=5)
