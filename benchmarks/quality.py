@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--zoo", type=Path, default=DEFAULT_ZOO_DIR, help="zoo directory (built if missing)")
     parser.add_argument("--model", choices=["t5", "llama"], default="t5")
     parser.add_argument("--quick", action="store_true", help="3 tasks x 2 seeds")
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="how many of the 5 seeds to run")
     args = parser.parse_args()
     import ray
 
@@ -99,7 +100,7 @@ def main() -> None:
         build_zoo(args.zoo, kinds=tuple(sorted({"t5", args.model})))
     manifest = load_manifest(args.zoo)
     tasks = [entry["task"] for entry in manifest["heldout"]][: 3 if args.quick else None]
-    seeds = SEEDS[: 2 if args.quick else None]
+    seeds = SEEDS[: 2 if args.quick else args.seeds]
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     per_task: dict = {m: {} for m in METHODS}
     convergence: dict = {}
@@ -120,7 +121,7 @@ def main() -> None:
     for method, figures in summary.items():
         print(f"{method:34s} {figures['avg']:6.1f} {figures['best']:6.1f}")
     suffix = "" if args.model == "t5" else f"_{args.model}"
-    suffix += "_quick" if args.quick else ""
+    suffix += "_quick" if args.quick else ("" if len(seeds) == len(SEEDS) else f"_{len(seeds)}seed")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"quality{suffix}.json").write_text(json.dumps({
         "command": " ".join(["python benchmarks/quality.py", *sys.argv[1:]]),

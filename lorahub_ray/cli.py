@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--task", default=None, help="held-out task name (default: the first)")
     demo.add_argument("--output", default=None, help="where to write the adapter (default: a new temp dir)")
     demo.add_argument("--budget", type=int, default=40)
-    demo.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="cma")
+    demo.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="probes-cma")
     demo.add_argument("--seed", type=int, default=42)
     _pool_arguments(demo)
     demo.set_defaults(actors=2)

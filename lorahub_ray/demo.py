@@ -40,7 +40,7 @@ def ensure_zoo(zoo: str | Path | None) -> tuple[Path, dict]:
 
 
 def run_demo(zoo: str | Path | None = None, task: str | None = None, output: str | Path | None = None,
-             budget: int = 40, optimizer: str = "cma", seed: int = 42, pool: PoolConfig | None = None,
+             budget: int = 40, optimizer: str = "probes-cma", seed: int = 42, pool: PoolConfig | None = None,
              kind: str = "t5") -> dict:
     """Run the demo and return its figures (zero-shot and composed accuracy, weights, adapter path)."""
     directory, manifest = ensure_zoo(zoo)
