@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import lorahub_search  # noqa: E402
 from quality import cases  # noqa: E402
 
-from lorahub_ray.zoo.build import DEFAULT_ZOO_DIR, build_zoo, load_manifest  # noqa: E402
+from lorahub_ray.demo import ensure_zoo  # noqa: E402
 
 # ---- settings -------------------------------------------------------------------------------------------
 SEEDS = [1, 2, 3, 4, 5]
@@ -46,15 +46,14 @@ def measured_speedup(case) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="optimizers at equal wall-clock time")
-    parser.add_argument("--zoo", type=Path, default=DEFAULT_ZOO_DIR)
+    parser.add_argument("--zoo", type=Path, default=None,
+                        help="zoo directory (default: the demo's: the user cache if built, else the prebuilt zoo)")
     parser.add_argument("--model", choices=["t5", "llama"], default="t5")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     import ray
 
-    if not (args.zoo / "manifest.json").is_file():
-        build_zoo(args.zoo, kinds=tuple(sorted({"t5", args.model})))
-    manifest = load_manifest(args.zoo)
+    args.zoo, manifest = ensure_zoo(args.zoo)
     tasks = [entry["task"] for entry in manifest["heldout"]][: 3 if args.quick else None]
     seeds = SEEDS[: 2 if args.quick else None]
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)

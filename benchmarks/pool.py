@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import Case  # noqa: E402
 
+from lorahub_ray.demo import ensure_zoo  # noqa: E402
+
 from actors import WorkerSpec  # noqa: E402
 from lorahub_ray.modules import check_compatible, index_module, stack_modules  # noqa: E402
 from lorahub_ray.config import PoolConfig  # noqa: E402
@@ -166,9 +168,6 @@ def main() -> None:
     parser.add_argument("--model", choices=["t5", "llama"], default="t5")
     parser.add_argument("--scale-only", action="store_true")
     args = parser.parse_args()
-    from lorahub_ray.zoo.build import DEFAULT_ZOO_DIR
-
-    zoo = args.zoo or DEFAULT_ZOO_DIR
     started = time.time()
     import ray
 
@@ -182,7 +181,7 @@ def main() -> None:
     for name, row in scale_rows["prefilters"].items():
         print(f"  {name}:{K}: {row['seconds']:.1f}s, {row['evaluations']} evaluations, driver peak = index + "
               f"{row['extra_over_index_bytes'] / 2**20:.2f} MiB = index + {row['extra_over_k_modules']:.2f} x K modules")
-    accuracy = None if args.scale_only else accuracy_vs_pool(zoo, args.model)
+    accuracy = None if args.scale_only else accuracy_vs_pool(ensure_zoo(args.zoo)[0], args.model)
     if accuracy:
         for prefilter, sizes in accuracy.items():
             print(f"{prefilter:12s} " + "  ".join(f"{size}: {acc:5.1f}" for size, acc in sizes.items()))

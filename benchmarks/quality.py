@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import Case, run_methods  # noqa: E402
 
-from lorahub_ray.zoo.build import DEFAULT_ZOO_DIR, build_zoo, load_manifest  # noqa: E402
+from lorahub_ray.demo import PREBUILT_ZOO_DIR, ensure_zoo  # noqa: E402
+from lorahub_ray.zoo.build import DEFAULT_ZOO_DIR, build_zoo  # noqa: E402
 from lorahub_ray.zoo.tasks import get_task, splits  # noqa: E402
 
 # ---- settings -------------------------------------------------------------------------------------------
@@ -89,16 +90,18 @@ def plot(summary: dict, convergence: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="LoraHub quality on the offline zoo")
-    parser.add_argument("--zoo", type=Path, default=DEFAULT_ZOO_DIR, help="zoo directory (built if missing)")
+    parser.add_argument("--zoo", type=Path, default=None,
+                        help="zoo directory (default: the demo's: the user cache if built, else the prebuilt zoo)")
     parser.add_argument("--model", choices=["t5", "llama"], default="t5")
     parser.add_argument("--quick", action="store_true", help="3 tasks x 2 seeds")
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help="how many of the 5 seeds to run")
     args = parser.parse_args()
     import ray
 
-    if not (args.zoo / "manifest.json").is_file() or args.model not in load_manifest(args.zoo)["bases"]:
-        build_zoo(args.zoo, kinds=tuple(sorted({"t5", args.model})))
-    manifest = load_manifest(args.zoo)
+    args.zoo, manifest = ensure_zoo(args.zoo)
+    if args.model not in manifest["bases"]:  # the prebuilt zoo holds the T5 kind only: build into the cache
+        args.zoo = DEFAULT_ZOO_DIR if args.zoo == PREBUILT_ZOO_DIR else args.zoo
+        manifest = build_zoo(args.zoo, kinds=tuple(sorted({"t5", args.model})))
     tasks = [entry["task"] for entry in manifest["heldout"]][: 3 if args.quick else None]
     seeds = SEEDS[: 2 if args.quick else args.seeds]
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
