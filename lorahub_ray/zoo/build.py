@@ -31,7 +31,8 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
-from .evaluate import exact_match_accuracy, greedy_generate, normalize
+from lorahub_ray.evaluate import exact_match
+
 from .models import KINDS, LLAMA_PRESETS, LORA_TARGETS, T5_PRESETS, build_model, make_tokenizer, save_base
 from .tasks import Task, get_task, heldout_tasks, instruction_words, reword, splits, stable_seed, upstream_tasks
 from .train import train_base, train_lora
@@ -41,10 +42,7 @@ __all__ = [
     "SIZES",
     "ZooSize",
     "build_zoo",
-    "exact_match_accuracy",
-    "greedy_generate",
     "load_manifest",
-    "normalize",
 ]
 
 ZOO_VERSION = 1  # bump when training code changes so that cached artifacts are rebuilt
@@ -130,7 +128,7 @@ class _EvalCache:
 
     def get(self, model, tokenizer, task: str, examples, max_new_tokens: int) -> float:
         if task not in self.acc:
-            self.acc[task] = exact_match_accuracy(model, tokenizer, examples, max_new_tokens)
+            self.acc[task] = exact_match(model, tokenizer, examples, max_new_tokens=max_new_tokens).accuracy / 100
             _atomic_write(self.path, json.dumps({"base": self.key, "accuracy": self.acc}, indent=1, sort_keys=True))
         return self.acc[task]
 
@@ -252,7 +250,8 @@ def _build_module(out, kind, cfg, seed, task, split, base, base_key, tokenizer, 
                                       progress, desc=task.name)
         meta = {"key": key, "task": task.name, "path": rel, "train_size": len(split["train"]), "final_loss": loss,
                 "base_accuracy_on_task": cache.get(base, tokenizer, task.name, split["test"], cfg.max_new_tokens),
-                "module_accuracy_on_task": exact_match_accuracy(peft_model, tokenizer, split["test"], cfg.max_new_tokens)}
+                "module_accuracy_on_task": exact_match(peft_model, tokenizer, split["test"],
+                                                       max_new_tokens=cfg.max_new_tokens).accuracy / 100}
         tmp = _tmp_dir(final)
         try:
             peft_model.save_pretrained(tmp)

@@ -9,8 +9,8 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from lorahub_ray.zoo.build import build_zoo, load_manifest, normalize
-from lorahub_ray.zoo.evaluate import exact_match_accuracy, greedy_generate
+from lorahub_ray.evaluate import exact_match, generate, normalize
+from lorahub_ray.zoo.build import build_zoo, load_manifest
 from lorahub_ray.zoo.models import build_model, make_tokenizer
 from lorahub_ray.zoo.tasks import get_task, splits
 from lorahub_ray.zoo.train import encode, train_lora
@@ -152,9 +152,9 @@ def test_exact_match_normalisation_and_generation():
     for kind in ("t5", "llama"):
         model = build_model(kind, "tiny")
         inputs = ["Largest digit: 3 1\nAnswer:", "Evaluate: True\nAnswer:"]
-        preds = greedy_generate(model, tok, inputs, max_new_tokens=4)
-        assert preds == [greedy_generate(model, tok, [s], max_new_tokens=4)[0] for s in inputs]
+        preds = generate(model, tok, inputs, max_new_tokens=4)
+        assert preds == [generate(model, tok, [s], max_new_tokens=4)[0] for s in inputs]
         examples = [{"input": s, "output": p + "."} for s, p in zip(inputs, preds)]
-        assert exact_match_accuracy(model, tok, examples, max_new_tokens=4) == 1.0
+        assert exact_match(model, tok, examples, max_new_tokens=4).accuracy == 100.0
         examples[0]["output"] = "not " + preds[0]
-        assert exact_match_accuracy(model, tok, examples, max_new_tokens=4) == 0.5
+        assert exact_match(model, tok, examples, max_new_tokens=4).accuracy == 50.0
