@@ -1,6 +1,6 @@
 """Training: the base model from scratch on the upstream mixture, and one PEFT LoRA module per upstream task.
 
-The example tokenisation here (`encode`) is the one the core engine uses for its loss:
+Examples are tokenised exactly as the core engine does for its loss (`actors.examples.tokenize_examples`):
 encoder-decoder reads ``input`` (+eos) and predicts ``output`` (+eos); decoder-only reads the ``input``
 tokens as given followed by ``output`` tokens and eos, with the loss on the output and eos only.
 """
@@ -17,7 +17,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-IGNORE = -100
+from actors.examples import tokenize_examples
+
 LORA_INIT_SEED = 1234  # every module starts from the same LoRA initialisation (LoraHub's recipe)
 # T5 sees positions only through a scalar bias per head and distance bucket, initialised near 0; with AdamW's
 # per-step update of about ``lr`` it would take thousands of steps to become sharp enough for positional skills
@@ -25,28 +26,6 @@ LORA_INIT_SEED = 1234  # every module starts from the same LoRA initialisation (
 # achieve the same in the original T5 recipe).
 POSITION_BIAS_LR_MULT = 100.0
 Example = Mapping[str, str]
-
-
-def _pad(rows: Sequence[list[int]], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
-
-
-def encode(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], encoder_decoder: bool) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` (``-100`` where no loss) for ``examples``."""
-    if encoder_decoder:
-        inputs = [tokenizer(ex["input"])["input_ids"] for ex in examples]  # ByT5 appends eos
-        labels = [tokenizer(ex["output"])["input_ids"] for ex in examples]  # output + eos
-        seqs = inputs
-    else:
-        seqs, labels = [], []
-        for ex in examples:
-            prompt = tokenizer(ex["input"], add_special_tokens=False)["input_ids"]
-            answer = tokenizer(ex["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            seqs.append(prompt + answer)
-            labels.append([IGNORE] * len(prompt) + answer)
-    mask = _pad([[1] * len(s) for s in seqs], 0)
-    return {"input_ids": _pad(seqs, tokenizer.pad_token_id), "attention_mask": mask, "labels": _pad(labels, IGNORE)}
 
 
 def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -84,7 +63,8 @@ def _fit(
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, steps, lr, warmup) * group["scale"]
-        loss = model(**encode(tokenizer, sample_batch(rng), encoder_decoder)).loss
+        batch = tokenize_examples(tokenizer, sample_batch(rng), encoder_decoder)
+        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

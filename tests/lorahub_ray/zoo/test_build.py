@@ -13,7 +13,8 @@ from lorahub_ray.evaluate import exact_match, generate, normalize
 from lorahub_ray.zoo.build import build_zoo, load_manifest
 from lorahub_ray.zoo.models import build_model, make_tokenizer
 from lorahub_ray.zoo.tasks import get_task, splits
-from lorahub_ray.zoo.train import encode, train_lora
+from actors.examples import tokenize_examples
+from lorahub_ray.zoo.train import train_lora
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +75,8 @@ def test_modules_load_with_peft_and_change_the_model(zoo, kind, targets):
     cls = AutoModelForSeq2SeqLM if kind == "t5" else AutoModelForCausalLM
     base = cls.from_pretrained(out / kind / "base").eval()
     tok = AutoTokenizer.from_pretrained(out / kind / "base")
-    batch = encode(tok, splits(get_task("lookup"), 0, 0, 0, 4)["test"], base.config.is_encoder_decoder)
+    rows = tokenize_examples(tok, splits(get_task("lookup"), 0, 0, 0, 4)["test"], base.config.is_encoder_decoder)
+    batch = {"input_ids": rows.input_ids, "attention_mask": rows.attention_mask, "labels": rows.labels}
     with torch.no_grad():
         before = base(**batch).logits
     module_dir = out / kind / "modules" / "lookup"
@@ -120,17 +122,17 @@ def test_build_is_deterministic(tmp_path, zoo):
     assert other["modules"]["t5"] == load_manifest(out)["modules"]["t5"]
 
 
-def test_encode_formats_examples_for_both_kinds():
+def test_training_tokenises_examples_for_both_kinds():
     tok = make_tokenizer()
     ex = [{"input": "ab", "output": "c"}]
-    t5 = encode(tok, ex, encoder_decoder=True)
-    assert t5["input_ids"].tolist() == [[100, 101, 1]] and t5["labels"].tolist() == [[102, 1]]
-    dec = encode(tok, ex + [{"input": "a", "output": "cd"}], encoder_decoder=False)
-    assert dec["input_ids"].tolist() == [[100, 101, 102, 1], [100, 102, 103, 1]]
-    assert dec["labels"].tolist() == [[-100, -100, 102, 1], [-100, 102, 103, 1]]
-    two = encode(tok, [{"input": "abc", "output": "d"}, {"input": "a", "output": "de"}], encoder_decoder=True)
-    assert two["labels"].tolist() == [[103, 1, -100], [103, 104, 1]]
-    assert two["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    t5 = tokenize_examples(tok, ex, encoder_decoder=True)
+    assert t5.input_ids.tolist() == [[100, 101, 1]] and t5.labels.tolist() == [[102, 1]]
+    dec = tokenize_examples(tok, ex + [{"input": "a", "output": "cd"}], encoder_decoder=False)
+    assert dec.input_ids.tolist() == [[100, 101, 102, 1], [100, 102, 103, 1]]
+    assert dec.labels.tolist() == [[-100, -100, 102, 1], [-100, 102, 103, 1]]
+    two = tokenize_examples(tok, [{"input": "abc", "output": "d"}, {"input": "a", "output": "de"}], encoder_decoder=True)
+    assert two.labels.tolist() == [[103, 1, -100], [103, 104, 1]]
+    assert two.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
 
 
 def test_modules_share_their_initialisation():
