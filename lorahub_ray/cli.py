@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     build = zoo_commands.add_parser("build", help="build (or complete) the zoo; cached and deterministic")
     build.add_argument("--out", default=None, help="zoo directory (default: ~/.cache/lorahub-ray/zoo or "
                                                    "$LORAHUB_RAY_ZOO)")
-    build.add_argument("--size", choices=["tiny", "default"], default="default")
+    build.add_argument("--size", choices=["tiny", "default", "large"], default="default",
+                       help="large: the default zoo plus 5 variants of every module (216 modules, for big pools)")
     build.add_argument("--kinds", nargs="+", choices=["t5", "llama"], default=["t5"],
                        help="base models: t5 (encoder-decoder) and/or llama (decoder-only)")
     build.add_argument("--seed", type=int, default=0)
@@ -153,7 +154,7 @@ def _zoo(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else DEFAULT_ZOO_DIR
     start = time.perf_counter()
     manifest = build_zoo(out, size=args.size, kinds=tuple(args.kinds), seed=args.seed, num_threads=args.threads)
-    modules = sum(len(entries) for entries in manifest["modules"].values())
+    modules = sum(len(entries) for part in ("modules", "variants") for entries in manifest[part].values())
     print(f"zoo at {out}: {len(manifest['bases'])} base model(s), {modules} modules, {len(manifest['heldout'])} "
           f"held-out tasks; {len(manifest['built'])} artifacts built in {time.perf_counter() - start:.0f}s")
 

@@ -32,7 +32,8 @@ class RunConfig:
         examples: path of a JSONL file of ``{"input", "output"}`` lines, or the examples themselves.
         budget: number of evaluations, exactly.
         optimizer: a name in `lorahub_ray.optimizers.OPTIMIZERS`: ``"cma"`` (CMA-ES populations), ``"ngopt"``
-            (the reference's sequential NGOpt) or ``"probes-cma"`` (parallel Cobyla-style probes, then CMA-ES).
+            (the reference's sequential NGOpt), ``"probes-cma"`` (parallel Cobyla-style probes, then CMA-ES) or
+            ``"singles-cma"`` (every module alone in one parallel generation, then CMA-ES from the best).
         population: candidates per generation for ``cma`` (``None``: CMA-ES's default ``4 + 3 ln N``).
             Never derived from the number of actors, so results do not depend on it.
         mode: composition, ``"ab"`` (LoraHub: sum of A's times sum of B's) or ``"delta"`` (sum of w_i B_i A_i).

@@ -7,10 +7,13 @@ is the glue:
 - ``ngopt``: the reference's sequential NGOpt (one candidate at a time; Cobyla for small budgets).
 - ``probes-cma``: a first generation of the points Cobyla starts with (w = 0 and +0.5 on each coordinate),
   evaluated in parallel, then CMA-ES started from the best of them with a step of that probe size.
+- ``singles-cma``: the same with probes of weight 1: the first generation scores w = 0 and every module alone
+  (so the search starts from the best single module), then CMA-ES from the best.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -93,13 +96,15 @@ class ProbesThenCMA(Strategy):
         population: CMA-ES population after the probes (``None``: `default_population`).
         seed: seeds CMA-ES.
         bound: search box half-width.
+        step: each probe's weight on its coordinate, and CMA-ES's initial step.
     """
 
-    def __init__(self, num_modules: int, budget: int, population: int | None, seed: int, bound: float) -> None:
-        self.probes = [np.zeros(num_modules)] + [PROBE_STEP * row for row in np.eye(num_modules)]
+    def __init__(self, num_modules: int, budget: int, population: int | None, seed: int, bound: float,
+                 step: float = PROBE_STEP) -> None:
+        self.probes = [np.zeros(num_modules)] + [step * row for row in np.eye(num_modules)]
         self.generation_size = len(self.probes)
         self._start_cma = lambda best, remaining: _cma(num_modules, remaining, population, seed, bound,
-                                                       init=best, sigma=PROBE_STEP)
+                                                       init=best, sigma=step)
         self.budget = budget
         self._told: list[tuple[float, np.ndarray]] = []
         self._asked: list[np.ndarray] = []
@@ -124,7 +129,8 @@ class ProbesThenCMA(Strategy):
 
 
 Builder = Callable[[int, int, "int | None", int, float], Strategy]
-OPTIMIZERS: dict[str, Builder] = {"cma": _cma, "ngopt": _ngopt, "probes-cma": ProbesThenCMA}
+OPTIMIZERS: dict[str, Builder] = {"cma": _cma, "ngopt": _ngopt, "probes-cma": ProbesThenCMA,
+                                  "singles-cma": functools.partial(ProbesThenCMA, step=1.0)}
 
 
 def make_strategy(name: str, num_modules: int, budget: int, population: int | None, seed: int,

@@ -4,7 +4,9 @@ Layout under ``out``::
 
     manifest.json                      size, seed, bases, modules, heldout (paths relative to ``out``)
     <kind>/base/                       save_pretrained model + tokenizer (+ zoo_meta.json)
-    <kind>/modules/<task>/             PEFT adapter_config.json + adapter_model.safetensors (+ zoo_meta.json)
+    <kind>/modules/<task>/             PEFT adapter_config.json + adapter_model.safetensors (+ zoo_meta.json,
+                                       train_sample.jsonl: training inputs for the ``similarity`` pre-filter)
+    <kind>/modules/<task>-v<i>/        the same for variant i of a task (sizes with ``variants``: a large pool)
     tasks/<task>/{fewshot,test}.jsonl  held-out examples, one {"input", "output"} per line
 
 Building is deterministic and cached: an artifact whose ``zoo_meta.json`` carries the same fingerprint
@@ -32,9 +34,10 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from lorahub_ray.evaluate import exact_match
+from lorahub_ray.prefilter import SAMPLE_FILE
 
 from .models import KINDS, LLAMA_PRESETS, LORA_TARGETS, T5_PRESETS, build_model, make_tokenizer, save_base
-from .tasks import Task, get_task, heldout_tasks, instruction_words, reword, splits, stable_seed, upstream_tasks
+from .tasks import Task, draw_distinct, get_task, heldout_tasks, instruction_words, reword, splits, stable_seed, upstream_tasks
 from .train import train_base, train_lora
 
 __all__ = [
@@ -67,12 +70,19 @@ class ZooSize:
     n_fewshot: int = 5
     n_test: int = 100
     max_new_tokens: int = 16
+    variants: int = 0  # extra modules per upstream task (other training draws, fewer steps): a large pool
+    variant_steps: int = 40
+    train_sample: int = 20  # training examples written beside each module
 
 
+
+
+_DEFAULT = ZooSize(model="default", base_steps=2500, module_steps=100)
 SIZES: dict[str, ZooSize] = {
     "tiny": ZooSize(model="tiny", base_steps=30, module_steps=10, base_batch=16, module_batch=16, rank=4,
                     n_train=64, n_test=16),
-    "default": ZooSize(model="default", base_steps=2500, module_steps=100),
+    "default": _DEFAULT,
+    "large": dataclasses.replace(_DEFAULT, variants=5),  # the default zoo plus 5 variants per task: 216 modules
 }
 
 
@@ -189,7 +199,7 @@ def build_zoo(
                 built.append(entry[split])
         heldout_entries.append(entry)
 
-    bases, modules = {}, {}
+    bases, modules, variants = {}, {}, {}
     for kind in kinds:
         base_rel, base, base_key = _build_base(out, kind, cfg, seed, upstream, data, tokenizer, progress, built)
         bases[kind] = base_rel
@@ -200,11 +210,17 @@ def build_zoo(
             entry = _build_module(out, kind, cfg, seed, task, data[task.name], base, base_key, tokenizer, cache,
                                   progress, built)
             modules[kind].append(entry)
+        variants[kind] = []
+        for variant in range(1, cfg.variants + 1):
+            for task in tqdm(upstream, desc=f"{kind} variants {variant}/{cfg.variants}", disable=not progress):
+                variants[kind].append(_build_module(out, kind, cfg, seed, task, data[task.name], base, base_key,
+                                                    tokenizer, cache, progress, built, variant))
         for entry in heldout_entries:
             acc = cache.get(base, tokenizer, entry["task"], data[entry["task"]]["test"], cfg.max_new_tokens)
             entry.setdefault("base_accuracy", {})[kind] = acc
 
-    manifest = {"size": size, "seed": seed, "bases": bases, "modules": modules, "heldout": heldout_entries}
+    manifest = {"size": size, "seed": seed, "bases": bases, "modules": modules, "variants": variants,
+                "heldout": heldout_entries}
     _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
     return {**manifest, "built": built}
 
@@ -235,31 +251,48 @@ def _build_base(out, kind, cfg, seed, upstream, data, tokenizer, progress, built
     return rel, model.eval(), key
 
 
-def _build_module(out, kind, cfg, seed, task, split, base, base_key, tokenizer, cache, progress, built) -> dict:
-    rel = f"{kind}/modules/{task.name}"
+def _variant_train(task: Task, split: dict, cfg: ZooSize, seed: int, variant: int) -> list:
+    """Variant 0 trains on the task's train split; variant i on its own draw, disjoint from few-shot and test."""
+    if variant == 0:
+        return split["train"]
+    taken = {e["input"] for e in split["test"] + split["fewshot"]}
+    return draw_distinct(task, cfg.n_train, random.Random(stable_seed(task.name, seed, f"train-v{variant}")), taken)
+
+
+def _build_module(out, kind, cfg, seed, task, split, base, base_key, tokenizer, cache, progress, built,
+                  variant: int = 0) -> dict:
+    name = task.name if variant == 0 else f"{task.name}-v{variant}"
+    rel = f"{kind}/modules/{name}"
     final = out / rel
-    key = _fingerprint(base=base_key, task=task.name, steps=cfg.module_steps, batch=cfg.module_batch,
-                       lr=cfg.module_lr, rank=cfg.rank, noise=cfg.instruction_noise, n_test=cfg.n_test, seed=seed)
+    steps = cfg.module_steps if variant == 0 else cfg.variant_steps
+    key = _fingerprint(base=base_key, task=task.name, steps=steps, batch=cfg.module_batch,
+                       lr=cfg.module_lr, rank=cfg.rank, noise=cfg.instruction_noise, n_test=cfg.n_test, seed=seed,
+                       **({"variant": variant} if variant else {}))
     fields = ("task", "path", "train_size", "final_loss", "base_accuracy_on_task", "module_accuracy_on_task")
     meta = _read_meta(final)
+    train_examples = _variant_train(task, split, cfg, seed, variant)
     if meta is None or meta.get("key") != key:
-        rng, words = random.Random(stable_seed("reword", task.name, seed)), instruction_words()
-        train = [reword(e, task, rng, words) if rng.random() < cfg.instruction_noise else e for e in split["train"]]
-        peft_model, loss = train_lora(base, tokenizer, train, LORA_TARGETS[kind], cfg.rank, cfg.module_steps,
-                                      cfg.module_batch, cfg.module_lr, stable_seed("module", kind, task.name, seed) % 2**31,
-                                      progress, desc=task.name)
-        meta = {"key": key, "task": task.name, "path": rel, "train_size": len(split["train"]), "final_loss": loss,
+        rng = random.Random(stable_seed("reword", name, seed))
+        words = instruction_words()
+        train = [reword(e, task, rng, words) if rng.random() < cfg.instruction_noise else e for e in train_examples]
+        peft_model, loss = train_lora(base, tokenizer, train, LORA_TARGETS[kind], cfg.rank, steps,
+                                      cfg.module_batch, cfg.module_lr, stable_seed("module", kind, name, seed) % 2**31,
+                                      progress, desc=name)
+        meta = {"key": key, "task": task.name, "path": rel, "train_size": len(train_examples), "final_loss": loss,
                 "base_accuracy_on_task": cache.get(base, tokenizer, task.name, split["test"], cfg.max_new_tokens),
                 "module_accuracy_on_task": exact_match(peft_model, tokenizer, split["test"],
                                                        max_new_tokens=cfg.max_new_tokens).accuracy / 100}
         tmp = _tmp_dir(final)
         try:
             peft_model.save_pretrained(tmp)
+            (tmp / SAMPLE_FILE).write_text(_jsonl(train_examples[: cfg.train_sample]))
             (tmp / META).write_text(json.dumps(meta, indent=1))
             _publish(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         built.append(rel)
+    elif not (final / SAMPLE_FILE).exists():  # a module built before samples were written
+        _atomic_write(final / SAMPLE_FILE, _jsonl(train_examples[: cfg.train_sample]))
     return {k: meta[k] for k in fields}
 
 

@@ -282,7 +282,7 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def _draw(task: Task, n: int, rng: random.Random, exclude: set[str]) -> list[Example]:
+def draw_distinct(task: Task, n: int, rng: random.Random, exclude: set[str]) -> list[Example]:
     """Up to ``n`` examples with distinct inputs not in ``exclude`` (fewer if the input space runs out)."""
     out: list[Example] = []
     seen = set(exclude)
@@ -298,7 +298,7 @@ def _draw(task: Task, n: int, rng: random.Random, exclude: set[str]) -> list[Exa
 
 def make_split(task: Task, n: int, seed: int, split: str = "sample") -> list[Example]:
     """``n`` deterministic examples of ``task`` with distinct inputs (fewer only if its input space is smaller)."""
-    return _draw(task, n, random.Random(stable_seed(task.name, seed, split)), set())
+    return draw_distinct(task, n, random.Random(stable_seed(task.name, seed, split)), set())
 
 
 def splits(task: Task, seed: int = 0, n_train: int = 1000, n_fewshot: int = 5, n_test: int = 100) -> dict[str, list[Example]]:
@@ -308,9 +308,9 @@ def splits(task: Task, seed: int = 0, n_train: int = 1000, n_fewshot: int = 5, n
     """
     test = make_split(task, n_test, seed, "test")
     taken = {ex["input"] for ex in test}
-    fewshot = _draw(task, n_fewshot, random.Random(stable_seed(task.name, seed, "fewshot")), taken)
+    fewshot = draw_distinct(task, n_fewshot, random.Random(stable_seed(task.name, seed, "fewshot")), taken)
     taken |= {ex["input"] for ex in fewshot}
-    train = _draw(task, n_train, random.Random(stable_seed(task.name, seed, "train")), taken)
+    train = draw_distinct(task, n_train, random.Random(stable_seed(task.name, seed, "train")), taken)
     return {"train": train, "fewshot": fewshot, "test": test}
 
 

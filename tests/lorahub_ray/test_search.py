@@ -16,7 +16,7 @@ def sphere(population):
     return [Outcome(float(np.sum((w - TARGET) ** 2))) for w in population]
 
 
-@pytest.mark.parametrize("optimizer", ["cma", "ngopt", "probes-cma"])
+@pytest.mark.parametrize("optimizer", ["cma", "ngopt", "probes-cma", "singles-cma"])
 @pytest.mark.parametrize("budget", [1, 7, 25])
 def test_budget_is_exact_and_weights_stay_in_bounds(optimizer, budget):
     search = Search(num_modules=5, budget=budget, optimizer=optimizer, population=6, bound=1.5)
@@ -77,7 +77,7 @@ def test_a_failing_candidate_gets_a_penalty_and_the_search_goes_on():
 
 
 def test_unknown_optimizer_lists_the_accepted_names():
-    with pytest.raises(ConfigError, match=r"\['cma', 'ngopt', 'probes-cma'\]"):
+    with pytest.raises(ConfigError, match=r"\['cma', 'ngopt', 'probes-cma', 'singles-cma'\]"):
         Search(5, 10, optimizer="adam")
 
 
@@ -88,7 +88,7 @@ def test_ask_twice_without_tell_is_an_error():
         search.ask()
 
 
-@pytest.mark.parametrize("optimizer", ["cma", "ngopt", "probes-cma"])
+@pytest.mark.parametrize("optimizer", ["cma", "ngopt", "probes-cma", "singles-cma"])
 def test_replaying_recorded_generations_restores_the_search_exactly(optimizer):
     whole = Search(5, 18, optimizer=optimizer, population=3, seed=5)
     minimize(whole, sphere)
@@ -100,10 +100,11 @@ def test_replaying_recorded_generations_restores_the_search_exactly(optimizer):
     assert [e.weights for e in resumed.history] == [e.weights for e in whole.history]
 
 
-def test_probes_then_cma_starts_with_cobylas_probes_in_one_generation_then_moves_from_the_best():
-    search = Search(5, 30, optimizer="probes-cma", population=4, seed=0)
+@pytest.mark.parametrize(("optimizer", "step"), [("probes-cma", 0.5), ("singles-cma", 1.0)])
+def test_probes_then_cma_starts_with_coordinate_probes_in_one_generation_then_moves_from_the_best(optimizer, step):
+    search = Search(5, 30, optimizer=optimizer, population=4, seed=0)
     probes = search.ask()
-    np.testing.assert_allclose(probes, np.vstack([np.zeros(5), 0.5 * np.eye(5)]))
+    np.testing.assert_allclose(probes, np.vstack([np.zeros(5), step * np.eye(5)]))
     search.tell(sphere(probes))
     best_probe = probes[int(np.argmin([o.loss for o in sphere(probes)]))]
     following = search.ask()
@@ -115,7 +116,7 @@ def test_probes_then_cma_starts_with_cobylas_probes_in_one_generation_then_moves
 
 
 def test_same_seed_same_search_for_every_optimizer():
-    for optimizer in ("cma", "ngopt", "probes-cma"):
+    for optimizer in ("cma", "ngopt", "probes-cma", "singles-cma"):
         runs = []
         for _ in range(2):
             search = Search(5, 16, optimizer=optimizer, population=4, seed=11)

@@ -35,7 +35,8 @@ def test_manifest_format(zoo):
     out, manifest = zoo
     on_disk = load_manifest(out)
     assert {k: v for k, v in manifest.items() if k != "built"} == on_disk
-    assert set(on_disk) == {"size", "seed", "bases", "modules", "heldout"}
+    assert set(on_disk) == {"size", "seed", "bases", "modules", "variants", "heldout"}
+    assert on_disk["variants"] == {"t5": [], "llama": []}
     assert on_disk["size"] == "tiny" and on_disk["seed"] == 0
     assert on_disk["bases"] == {"t5": "t5/base", "llama": "llama/base"}
     for kind in ("t5", "llama"):
@@ -110,6 +111,26 @@ def test_changed_module_budget_rebuilds_modules_only(tmp_path):
     assert second["built"] == ["t5/modules/max_number"]
     changed = load_file(tmp_path / "t5/modules/max_number/adapter_model.safetensors")
     assert any(not torch.equal(weights[k], changed[k]) for k in weights)
+
+
+def test_variants_add_modules_and_reuse_the_default_ones(tmp_path):
+    kwargs = dict(size="tiny", kinds=("t5",), tasks=["max_number", "biggest_number"], progress=False)
+    build_zoo(tmp_path, overrides=FAST, **kwargs)
+    large = build_zoo(tmp_path, overrides={**FAST, "variants": 2, "variant_steps": 2}, **kwargs)
+    assert sorted(large["built"]) == ["t5/modules/max_number-v1", "t5/modules/max_number-v2"]
+    assert [e["path"] for e in large["variants"]["t5"]] == ["t5/modules/max_number-v1", "t5/modules/max_number-v2"]
+    assert all(e["task"] == "max_number" and e["train_size"] == 32 for e in large["variants"]["t5"])
+    weights = [load_file(tmp_path / p / "adapter_model.safetensors")
+               for p in ("t5/modules/max_number", "t5/modules/max_number-v1", "t5/modules/max_number-v2")]
+    assert all(any(not torch.equal(a[k], b[k]) for k in a) for a, b in zip(weights, weights[1:]))
+    held = splits(get_task("max_number"), 0, 32, 5, 8)
+    unseen = {e["input"] for e in held["test"] + held["fewshot"]}
+    samples = []
+    for name in ("max_number", "max_number-v1", "max_number-v2"):
+        lines = (tmp_path / "t5/modules" / name / "train_sample.jsonl").read_text().splitlines()
+        samples.append([json.loads(line) for line in lines])
+        assert len(lines) == 20 and not {e["input"] for e in samples[-1]} & unseen
+    assert samples[0] == held["train"][:20] and samples[1] != samples[0] and samples[2] != samples[1]
 
 
 def test_build_is_deterministic(tmp_path, zoo):
