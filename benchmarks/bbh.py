@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import Case, run_methods  # noqa: E402
+from protocol import Case, measured_speedup, run_methods  # noqa: E402
 
 from lorahub_ray.errors import InputError  # noqa: E402
 
@@ -60,9 +60,12 @@ def run_bbh(bbh: Path, base: str, pool: list[str], tasks: list[str] | None = Non
             max_new_tokens: int = 256) -> dict:
     """Every method on every task and seed; returns per-method average and best over seeds (mean over tasks)."""
     per_task: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
+    speedup = None
     for task, seed, case in bbh_cases(bbh, base, pool, tasks, list(seeds), modules_per_run,
                                       max_new_tokens=max_new_tokens):
-        for method, accuracy in run_methods(case, methods, budget=budget)["accuracy"].items():
+        if speedup is None:  # the 2-actor speed-up, measured once (1.0 when no method needs it: Ray is not started)
+            speedup = measured_speedup(case) if any(m.endswith("equal_time") for m in methods) else 1.0
+        for method, accuracy in run_methods(case, methods, budget=budget, speedup=speedup)["accuracy"].items():
             per_task[method].setdefault(task, []).append(accuracy)
         print(f"{task} seed {seed} done", flush=True)
     return {m: {"avg": float(np.mean([np.mean(v) for v in tasks_.values()])),

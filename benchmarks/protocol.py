@@ -88,11 +88,6 @@ class SearchRun:
     history: list
     generation_ends: list[tuple[float, int]]  # (seconds since start, evaluations so far)
 
-    def best_within(self, seconds: float) -> np.ndarray:
-        """The best weights among the generations that had finished ``seconds`` after the start."""
-        done = max([n for t, n in self.generation_ends if t <= seconds] or [self.generation_ends[0][1]])
-        return np.array(min(self.history[:done], key=lambda e: e.score).weights)
-
     def best_scores(self) -> list[float]:
         return list(np.minimum.accumulate([e.score for e in self.history]))
 
@@ -109,35 +104,41 @@ def lorahub_search(case: Case, optimizer: str, budget: int, actors: int = 0, pop
     return SearchRun(search.history, ends)
 
 
-def run_methods(case: Case, methods: Sequence[str], budget: int = 40, parallel_actors: int = 2) -> dict:
-    """Every requested method's accuracy on ``case``, plus the searches' convergence and timings."""
+def measured_speedup(case: Case, actors: int = 2) -> float:
+    """Evaluations per second of an ``actors``-actor pool over the sequential in-process rate, on this machine."""
+    sequential = lorahub_search(case, "cma", 48, actors=0, population=8)
+    parallel = lorahub_search(case, "cma", 48, actors=actors, population=8)
+    return sequential.generation_ends[-1][0] / parallel.generation_ends[-1][0]
+
+
+def equal_time_budget(budget: int, speedup: float) -> int:
+    """Evaluations a pool with ``speedup`` over one sequential evaluator does in the time of ``budget`` of them."""
+    return max(budget, int(budget * speedup))
+
+
+# method -> (optimizer, whether it gets the 2-actor equal-time budget)
+SEARCHES = {"lorahub_ngopt": ("ngopt", False), "lorahub_cma": ("cma", False),
+            "lorahub_cma_2actors_equal_time": ("cma", True), "lorahub_singles_cma_2actors_equal_time": ("singles-cma", True)}
+
+
+def run_methods(case: Case, methods: Sequence[str], budget: int = 40, speedup: float = 1.0) -> dict:
+    """Every requested method's accuracy on ``case``, plus the searches' convergence.
+
+    Equal-time methods get `equal_time_budget` evaluations (``speedup``: the measured 2-actor speed-up). A search's
+    result does not depend on the number of actors (tested), so they run in this process with that budget.
+    """
     scores: dict = {}
-    runs: dict = {}
+    curves: dict = {}
     simple = {"zero_shot": zero_shot, "best_single": best_single_module, "uniform": uniform_average,
               "in_context": in_context, "lora_finetune": lora_finetune}
     for method in methods:
         if method in simple:
             scores[method] = simple[method](case)
-        elif method == "lorahub_ngopt":
-            runs[method] = lorahub_search(case, "ngopt", budget)
-        elif method == "lorahub_cma":
-            runs[method] = lorahub_search(case, "cma", budget)
-        elif method == "lorahub_cma_2actors_equal_time":
-            runs[method] = lorahub_search(case, "cma", 4 * budget, actors=parallel_actors)
+        elif method in SEARCHES:
+            optimizer, equal_time = SEARCHES[method]
+            run = lorahub_search(case, optimizer, equal_time_budget(budget, speedup) if equal_time else budget)
+            scores[method] = case.accuracy(np.array(min(run.history, key=lambda e: e.score).weights))
+            curves[method] = run.best_scores()
         else:
             raise ValueError(f"unknown method {method!r}")
-    reference_seconds = runs["lorahub_ngopt"].generation_ends[-1][0] if "lorahub_ngopt" in runs else None
-    for method, run in runs.items():
-        if method == "lorahub_cma_2actors_equal_time":
-            if reference_seconds is None:
-                raise ValueError("the equal-time method needs lorahub_ngopt in the same run")
-            weights = run.best_within(reference_seconds)
-        else:
-            weights = np.array(min(run.history, key=lambda e: e.score).weights)
-        scores[method] = case.accuracy(weights)
-    return {"accuracy": scores, "convergence": {m: r.best_scores() for m, r in runs.items()},
-            "seconds": {m: r.generation_ends[-1][0] for m, r in runs.items()},
-            "reference_seconds": reference_seconds,
-            "equal_time_evaluations": (max([n for t, n in runs["lorahub_cma_2actors_equal_time"].generation_ends
-                                             if t <= reference_seconds] or [0])
-                                       if reference_seconds and "lorahub_cma_2actors_equal_time" in runs else None)}
+    return {"accuracy": scores, "convergence": curves, "equal_time_evaluations": equal_time_budget(budget, speedup)}
