@@ -147,15 +147,22 @@ def worker_spec(config: RunConfig, pool: PoolConfig) -> WorkerSpec:
                       candidates_per_pass=pool.candidates_per_pass)
 
 
+def sweep_block(k: int) -> int:
+    """Modules scored per block by the ``loss`` sweep: K/2, so that a block and the copy Ray serialises of it stay
+    within the size of the K modules finally kept."""
+    return max(1, k // 2)
+
+
 def _prefilter(prefilter: PrefilterSpec, entries: list[ModuleEntry], examples: list[dict[str, str]],
                spec: WorkerSpec, pool: PoolConfig, seed: int) -> PrefilterReport:
     """Choose the search's candidates; a loss sweep scores K modules at a time on the actor pool.
 
     Modules are scored alone (one-hot weights), which is the same update in ``ab`` and ``delta`` mode, so
-    the sweep always composes in ``ab`` mode. Only one block of K modules is held at a time.
+    the sweep always composes in ``ab`` mode. One block of `sweep_block` modules is held at a time.
     """
     def module_losses(indices: list[int]) -> list[float]:
-        blocks = [indices[i : i + prefilter.k] for i in range(0, len(indices), prefilter.k)]
+        size = sweep_block(prefilter.k)
+        blocks = [indices[i : i + size] for i in range(0, len(indices), size)]
         losses: list[float] = []
         first = stack_modules([entries[i] for i in blocks[0]], pool.module_dtype)
         with WorkerPool(replace(spec, mode="ab"), first, examples, pool) as scorer:
