@@ -2,6 +2,8 @@
 
     python benchmarks/optimizers.py            # zoo held-out tasks x 5 seeds, k = 1, 2, 4, 8
     python benchmarks/optimizers.py --quick    # 3 tasks x 2 seeds
+    python benchmarks/optimizers.py --shard 0/2 & python benchmarks/optimizers.py --shard 1/2; wait
+    python benchmarks/optimizers.py --combine 2   # the same result, computed by two processes side by side
 
 The reference (sequential NGOpt, 40 evaluations) sets the time. k actors do 40·k evaluations in that time
 (measured for k = 2 on this 2-core machine and reported; k = 4 and 8 are simulated by the evaluation count,
@@ -26,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import lorahub_search, measured_speedup  # noqa: E402
+from protocol import lorahub_search, load_shards, measured_speedup, parse_shard, save_shard  # noqa: E402
 from quality import cases  # noqa: E402
 
 from lorahub_ray.demo import ensure_zoo  # noqa: E402
@@ -49,26 +51,28 @@ def main() -> None:
     parser.add_argument("--model", choices=["t5", "llama"], default="t5")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--optimizers", nargs="+", default=OPTIMIZERS, help=f"besides ngopt (default: {OPTIMIZERS})")
+    parser.add_argument("--shard", default=None, help="I/N: run only every N-th case from the I-th, save its rows")
+    parser.add_argument("--combine", type=int, default=None, help="N: summarise the rows saved by N shards")
     args = parser.parse_args()
     import ray
 
     args.zoo, manifest = ensure_zoo(args.zoo)
     tasks = [entry["task"] for entry in manifest["heldout"]][: 3 if args.quick else None]
     seeds = SEEDS[: 2 if args.quick else None]
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    rows, speedups, started = [], [], time.time()
-    for task, seed, case in cases(args.zoo, manifest, args.model, tasks, seeds):
+    name = "optimizers_quick" if args.quick else "optimizers"
+    index, count = parse_shard(args.shard)
+    rows, started = [], time.time()
+    todo = [] if args.combine is not None else cases(args.zoo, manifest, args.model, tasks, seeds, (index, count))
+    for number, task, seed, case in todo:
         reference = lorahub_search(case, "ngopt", REFERENCE_BUDGET)
         best = min(reference.history, key=lambda e: e.score)
-        rows.append({"task": task, "seed": seed, "optimizer": "ngopt", "actors": 1, "budget": REFERENCE_BUDGET,
-                     "accuracy": case.accuracy(np.array(best.weights)), "score": best.score})
-        if not speedups:
-            speedups.append(measured_speedup(case))
+        rows.append({"case": number, "task": task, "seed": seed, "optimizer": "ngopt", "actors": 1,
+                     "budget": REFERENCE_BUDGET, "accuracy": case.accuracy(np.array(best.weights)), "score": best.score})
         for optimizer in args.optimizers:
             for k in ACTORS:
                 run = lorahub_search(case, optimizer, REFERENCE_BUDGET * k, l1=L1)
                 best = min(run.history, key=lambda e: e.score)
-                row = {"task": task, "seed": seed, "optimizer": optimizer, "actors": k, "budget": REFERENCE_BUDGET * k,
+                row = {"case": number, "task": task, "seed": seed, "optimizer": optimizer, "actors": k, "budget": REFERENCE_BUDGET * k,
                        "accuracy": case.accuracy(np.array(best.weights)), "score": best.score}
                 if optimizer in GUARDED:
                     honest = min(run.history,
@@ -78,6 +82,15 @@ def main() -> None:
         print(f"{task} seed {seed}: " + "  ".join(f"{r['optimizer']}x{r['actors']} {r['accuracy']:.0f}"
                                                   for r in rows if r["task"] == task and r["seed"] == seed),
               flush=True)
+    if args.shard is not None:
+        save_shard(RESULTS, name, (index, count), rows, time.time() - started)
+        print(f"saved shard {args.shard}; summarise with --combine {count}")
+        return
+    walls = [time.time() - started]
+    if args.combine is not None:
+        rows, walls = load_shards(RESULTS, name, args.combine)
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    speedup = measured_speedup(next(iter(cases(args.zoo, manifest, args.model, tasks, seeds)))[3])
     ray.shutdown()
     table: dict = {}
     for row in rows:
@@ -87,17 +100,16 @@ def main() -> None:
                 cell.setdefault(key, []).append(row[key])
     summary = {opt: {k: {key: float(np.mean(v)) for key, v in c.items()} for k, c in ks.items()}
                for opt, ks in table.items()}
-    print(f"\nmeasured 2-actor speed-up on this machine: {speedups[0]:.2f}x (k = 4, 8 simulated by budget)")
+    print(f"\nmeasured 2-actor speed-up on this machine: {speedup:.2f}x (k = 4, 8 simulated by budget)")
     for optimizer, ks in summary.items():
         print(f"{optimizer:12s} " + "  ".join(
             f"k={k}: {c['accuracy']:5.1f}% (score {c['score']:.3f}"
             + (f", best at L1 {HONEST_L1}: {c['honest_l1_accuracy']:.1f}%)" if "honest_l1_accuracy" in c else ")")
             for k, c in ks.items()))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "optimizers_quick" if args.quick else "optimizers"
     (RESULTS / f"{name}.json").write_text(json.dumps({
         "command": " ".join(["python benchmarks/optimizers.py", *sys.argv[1:]]), "machine": platform.platform(),
-        "wall_seconds": time.time() - started, "measured_2_actor_speedup": speedups[0],
+        "wall_seconds": max(walls), "processes": len(walls), "measured_2_actor_speedup": speedup,
         "summary": summary, "runs": rows}, indent=1) + "\n")
     plot(summary, RESULTS / f"{name}.png")
     print(f"wrote {RESULTS / name}.json and .png")

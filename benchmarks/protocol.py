@@ -7,9 +7,11 @@ exactly as the search's actors apply them, and scored by greedy generation.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -142,3 +144,36 @@ def run_methods(case: Case, methods: Sequence[str], budget: int = 40, speedup: f
         else:
             raise ValueError(f"unknown method {method!r}")
     return {"accuracy": scores, "convergence": curves, "equal_time_evaluations": equal_time_budget(budget, speedup)}
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N): run the I-th of N interleaved slices of the cases (``None``: all, (0, 1))."""
+    if text is None:
+        return 0, 1
+    index, count = (int(part) for part in text.split("/"))
+    if not 0 <= index < count:
+        raise ValueError(f"--shard must be I/N with 0 <= I < N, got {text!r}")
+    return index, count
+
+
+def shard_file(results: Path, name: str, index: int, count: int) -> Path:
+    """Where shard ``index`` of ``count`` saves its rows (``--shard``) for ``--combine`` to read."""
+    return results / f"{name}.shard-{index}-of-{count}.json"
+
+
+def save_shard(results: Path, name: str, shard: tuple[int, int], rows: list[dict], wall_seconds: float) -> None:
+    """Save one shard's rows and wall time for ``--combine``."""
+    results.mkdir(parents=True, exist_ok=True)
+    shard_file(results, name, *shard).write_text(json.dumps({"wall_seconds": wall_seconds, "rows": rows}))
+
+
+def load_shards(results: Path, name: str, count: int) -> tuple[list[dict], list[float]]:
+    """Every shard's rows in case order and each shard's wall time; the shard files are removed once read."""
+    parts = [shard_file(results, name, i, count) for i in range(count)]
+    if missing := [str(p) for p in parts if not p.exists()]:
+        raise SystemExit(f"missing shard results: {missing}")
+    loaded = [json.loads(p.read_text()) for p in parts]
+    for p in parts:
+        p.unlink()
+    rows = sorted((row for part in loaded for row in part["rows"]), key=lambda row: row["case"])
+    return rows, [part["wall_seconds"] for part in loaded]

@@ -4,6 +4,8 @@ uniform average, LoRA fine-tuning on the same five examples, and in-context lear
     python benchmarks/quality.py                  # encoder-decoder zoo, every held-out task x 5 seeds
     python benchmarks/quality.py --model llama    # the decoder-only zoo
     python benchmarks/quality.py --quick          # 3 tasks x 2 seeds
+    python benchmarks/quality.py --speedup S --shard 0/2 & python benchmarks/quality.py --speedup S --shard 1/2
+    python benchmarks/quality.py --combine 2      # after both: the same result, from two processes side by side
 
 Each seed draws a different random sample of 20 modules and of the 5 examples (from the task's training
 split). LoraHub runs with the reference optimizer (sequential NGOpt, budget 40), with CMA-ES (budget 40), and
@@ -27,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import Case, measured_speedup, run_methods  # noqa: E402
+from protocol import Case, load_shards, measured_speedup, parse_shard, run_methods, save_shard  # noqa: E402
 
 from lorahub_ray.demo import PREBUILT_ZOO_DIR, ensure_zoo  # noqa: E402
 from lorahub_ray.zoo.build import DEFAULT_ZOO_DIR, build_zoo  # noqa: E402
@@ -43,17 +45,22 @@ RESULTS = Path(__file__).parent / "results"
 # ---------------------------------------------------------------------------------------------------------
 
 
-def cases(zoo: Path, manifest: dict, kind: str, tasks: list[str], seeds: list[int]):
-    """Yield (task, seed, Case): each seed samples its own 20 modules and 5 training examples."""
+def cases(zoo: Path, manifest: dict, kind: str, tasks: list[str], seeds: list[int], shard: tuple[int, int] = (0, 1)):
+    """Yield (number, task, seed, Case) for the cases of ``shard`` (I, N): every N-th from the I-th.
+
+    Each seed samples its own 20 modules and 5 training examples.
+    """
     base = str(zoo / manifest["bases"][kind])
     pool = [str(zoo / m["path"]) for m in manifest["modules"][kind]]
-    for task in tasks:
+    numbered = enumerate((task, seed) for task in tasks for seed in seeds)
+    for number, (task, seed) in numbered:
+        if number % shard[1] != shard[0]:
+            continue
         data = splits(get_task(task), manifest["seed"])
         test = [json.loads(line) for line in (zoo / f"tasks/{task}/test.jsonl").read_text().splitlines()]
-        for seed in seeds:
-            rng = random.Random(f"{task}/{seed}")
-            modules = sorted(rng.sample(pool, min(MODULES_PER_RUN, len(pool))))
-            yield task, seed, Case(base, modules, rng.sample(data["train"], 5), test, seed)
+        rng = random.Random(f"{task}/{seed}")
+        modules = sorted(rng.sample(pool, min(MODULES_PER_RUN, len(pool))))
+        yield number, task, seed, Case(base, modules, rng.sample(data["train"], 5), test, seed)
 
 
 def summarise(per_task: dict[str, dict[str, list[float]]]) -> dict:
@@ -97,6 +104,11 @@ def main() -> None:
     parser.add_argument("--model", choices=["t5", "llama"], default="t5")
     parser.add_argument("--quick", action="store_true", help="3 tasks x 2 seeds")
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help="how many of the 5 seeds to run")
+    parser.add_argument("--speedup", type=float, default=None,
+                        help="the 2-actor speed-up to use (default: measured on the first case; give one measured "
+                             "on an idle machine when shards run side by side)")
+    parser.add_argument("--shard", default=None, help="I/N: run only every N-th case from the I-th, save its rows")
+    parser.add_argument("--combine", type=int, default=None, help="N: summarise the rows saved by N shards")
     args = parser.parse_args()
     import ray
 
@@ -106,36 +118,48 @@ def main() -> None:
         manifest = build_zoo(args.zoo, kinds=tuple(sorted({"t5", args.model})))
     tasks = [entry["task"] for entry in manifest["heldout"]][: 3 if args.quick else None]
     seeds = SEEDS[: 2 if args.quick else args.seeds]
-    per_task: dict = {m: {} for m in METHODS}
-    convergence: dict = {}
-    runs = []
+    suffix = "" if args.model == "t5" else f"_{args.model}"
+    suffix += "_quick" if args.quick else ("" if len(seeds) == len(SEEDS) else f"_{len(seeds)}seed")
+    shard = parse_shard(args.shard)
+    runs: list[dict] = []
     started = time.time()
-    speedup = None
-    for task, seed, case in cases(args.zoo, manifest, args.model, tasks, seeds):
+    speedup = args.speedup
+    todo = [] if args.combine is not None else cases(args.zoo, manifest, args.model, tasks, seeds, shard)
+    for number, task, seed, case in todo:
         if speedup is None:
             ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
             speedup = measured_speedup(case)
             ray.shutdown()
             print(f"2 actors: {speedup:.2f}x the sequential evaluation rate on this machine", flush=True)
         outcome = run_methods(case, METHODS, budget=BUDGET, speedup=speedup)
-        runs.append({"task": task, "seed": seed, **outcome})
+        runs.append({"case": number, "task": task, "seed": seed, "speedup": speedup, **outcome})
+        print(f"{task:28s} seed {seed}: " + "  ".join(f"{m} {a:5.1f}" for m, a in outcome["accuracy"].items()),
+              flush=True)
+    if args.shard is not None:
+        save_shard(RESULTS, f"quality{suffix}", shard, runs, time.time() - started)
+        print(f"saved shard {args.shard}; summarise with --combine {shard[1]}")
+        return
+    walls = [time.time() - started]
+    if args.combine is not None:
+        runs, walls = load_shards(RESULTS, f"quality{suffix}", args.combine)
+        speedup = runs[0]["speedup"]
+    per_task: dict = {m: {} for m in METHODS}
+    convergence: dict = {}
+    for outcome in runs:
+        task = outcome["task"]
         for method, accuracy in outcome["accuracy"].items():
             per_task[method].setdefault(task, []).append(accuracy)
         for method, curve in outcome["convergence"].items():
             convergence.setdefault(method, []).append(curve)
-        print(f"{task:28s} seed {seed}: " + "  ".join(f"{m} {a:5.1f}" for m, a in outcome["accuracy"].items()),
-              flush=True)
     summary = summarise(per_task)
     print(f"\n{'method':34s} {'avg':>6s} {'best':>6s}")
     for method, figures in summary.items():
         print(f"{method:34s} {figures['avg']:6.1f} {figures['best']:6.1f}")
-    suffix = "" if args.model == "t5" else f"_{args.model}"
-    suffix += "_quick" if args.quick else ("" if len(seeds) == len(SEEDS) else f"_{len(seeds)}seed")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"quality{suffix}.json").write_text(json.dumps({
         "command": " ".join(["python benchmarks/quality.py", *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "processor": platform.machine()},
-        "wall_seconds": time.time() - started, "zoo_size": manifest["size"], "model": args.model,
+        "wall_seconds": max(walls), "processes": len(walls), "zoo_size": manifest["size"], "model": args.model,
         "tasks": tasks, "seeds": seeds, "modules_per_run": MODULES_PER_RUN, "budget": BUDGET,
         "measured_2_actor_speedup": speedup,
         "methods": summary, "runs": runs,

@@ -119,7 +119,8 @@ def test_variants_add_modules_and_reuse_the_default_ones(tmp_path):
     large = build_zoo(tmp_path, overrides={**FAST, "variants": 2, "variant_steps": 2}, **kwargs)
     assert sorted(large["built"]) == ["t5/modules/max_number-v1", "t5/modules/max_number-v2"]
     assert [e["path"] for e in large["variants"]["t5"]] == ["t5/modules/max_number-v1", "t5/modules/max_number-v2"]
-    assert all(e["task"] == "max_number" and e["train_size"] == 32 for e in large["variants"]["t5"])
+    assert all(e["task"] == "max_number" and e["train_size"] == 32 and e["module_accuracy_on_task"] is None
+               for e in large["variants"]["t5"])
     weights = [load_file(tmp_path / p / "adapter_model.safetensors")
                for p in ("t5/modules/max_number", "t5/modules/max_number-v1", "t5/modules/max_number-v2")]
     assert all(any(not torch.equal(a[k], b[k]) for k in a) for a, b in zip(weights, weights[1:]))
