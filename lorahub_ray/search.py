@@ -19,7 +19,6 @@ from lorahub_ray.optimizers import OPTIMIZERS, make_strategy
 FIRST_FAILURE_SCORE = 1e4  # score of a failed candidate before any candidate succeeded
 
 
-
 @dataclass(frozen=True)
 class Outcome:
     """What evaluating one candidate gave: its loss (NaN if it failed), and where and how long it ran."""
@@ -148,13 +147,22 @@ class Search:
 
     def _score(self, weights: np.ndarray, outcome: Outcome) -> float:
         if outcome.error is None and math.isfinite(outcome.loss):
-            return float(outcome.loss + self.l1 * np.mean(np.abs(weights)))
-        finite = [e.score for e in self.history if e.loss is not None]
-        penalty = max(finite) + 1.0 if finite else FIRST_FAILURE_SCORE
+            return l1_score(outcome.loss, weights, self.l1)
+        penalty = failure_penalty([e.score for e in self.history if e.loss is not None])
         reason = outcome.error.strip().splitlines()[-1] if outcome.error else f"loss {outcome.loss}"
         warnings.warn(f"candidate {len(self.history)} failed ({reason}); scored {penalty:.4g} instead",
                       BadLossWarning, stacklevel=3)
         return penalty
+
+
+def l1_score(loss: float, weights: Sequence[float] | np.ndarray, l1: float) -> float:
+    """A successful candidate's score: its loss plus ``l1 * mean |w|``."""
+    return float(loss + l1 * np.mean(np.abs(weights)))
+
+
+def failure_penalty(finite_scores: Sequence[float]) -> float:
+    """A failed candidate's score: 1 above the worst successful score so far (`FIRST_FAILURE_SCORE` before any)."""
+    return max(finite_scores) + 1.0 if finite_scores else FIRST_FAILURE_SCORE
 
 
 def minimize(search: Search, evaluate: Callable[[np.ndarray], Sequence[Outcome]],
