@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lorahub_ray.config import OPTIMIZER_NAMES, PoolConfig, RunConfig
+from lorahub_ray.optimizers import DEFAULT_OPTIMIZER
 from lorahub_ray.errors import ConfigError, LoraHubRayError
 from lorahub_ray.tune import add_tune_command, run_tune_command
 
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR (its --output); "
                                                         "takes its settings from DIR/checkpoint.json")
     search.add_argument("--budget", type=int, default=40, help="evaluations, exactly (default 40)")
-    search.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="cma")
+    search.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=DEFAULT_OPTIMIZER)
     search.add_argument("--population", type=int, default=None, help="candidates per generation (cma)")
     search.add_argument("--mode", choices=["ab", "delta"], default="ab", help="composition (default ab = LoraHub)")
     search.add_argument("--objective", choices=["default", "reference"], default="default")
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--task", default=None, help="held-out task name (default: the first)")
     demo.add_argument("--output", default=None, help="where to write the adapter (default: a new temp dir)")
     demo.add_argument("--budget", type=int, default=40)
-    demo.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="probes-cma")
+    demo.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=DEFAULT_OPTIMIZER)
     demo.add_argument("--seed", type=int, default=42)
     _pool_arguments(demo)
     demo.set_defaults(actors=2)

@@ -11,7 +11,7 @@ from actors.loss import OBJECTIVES
 from actors.model import DTYPES
 from actors.stack import STORAGE_DTYPES
 from lorahub_ray.errors import ConfigError
-from lorahub_ray.optimizers import OPTIMIZERS
+from lorahub_ray.optimizers import DEFAULT_OPTIMIZER, OPTIMIZERS
 from lorahub_ray.prefilter import PrefilterSpec
 
 OPTIMIZER_NAMES = tuple(OPTIMIZERS)
@@ -31,9 +31,9 @@ class RunConfig:
         modules: LoRA adapters (local directories or hub ids), in weight order.
         examples: path of a JSONL file of ``{"input", "output"}`` lines, or the examples themselves.
         budget: number of evaluations, exactly.
-        optimizer: a name in `lorahub_ray.optimizers.OPTIMIZERS`: ``"cma"`` (CMA-ES populations), ``"ngopt"``
-            (the reference's sequential NGOpt), ``"probes-cma"`` (parallel Cobyla-style probes, then CMA-ES) or
-            ``"singles-cma"`` (every module alone in one parallel generation, then CMA-ES from the best).
+        optimizer: a name in `lorahub_ray.optimizers.OPTIMIZERS`: ``"singles-cma"`` (the default: every module
+            alone in one parallel generation, then CMA-ES from the best), ``"cma"`` (CMA-ES populations from 0),
+            ``"ngopt"`` (the reference's sequential NGOpt) or ``"probes-cma"`` (Cobyla's probes, then CMA-ES).
         population: candidates per generation for ``cma`` (``None``: CMA-ES's default ``4 + 3 ln N``).
             Never derived from the number of actors, so results do not depend on it.
         mode: composition, ``"ab"`` (LoraHub: sum of A's times sum of B's) or ``"delta"`` (sum of w_i B_i A_i).
@@ -50,7 +50,7 @@ class RunConfig:
     modules: list[str]
     examples: str | list[dict[str, str]]
     budget: int = 40
-    optimizer: str = "cma"
+    optimizer: str = DEFAULT_OPTIMIZER
     population: int | None = None
     mode: str = "ab"
     objective: str = "default"

@@ -15,6 +15,7 @@ from lorahub_ray.config import PoolConfig, RunConfig
 from lorahub_ray.data import load_examples
 from lorahub_ray.errors import ConfigError
 from lorahub_ray.evaluate import exact_match, load_model
+from lorahub_ray.optimizers import DEFAULT_OPTIMIZER
 from lorahub_ray.run import run
 from lorahub_ray.zoo.build import DEFAULT_ZOO_DIR, build_zoo, load_manifest
 
@@ -40,7 +41,7 @@ def ensure_zoo(zoo: str | Path | None) -> tuple[Path, dict]:
 
 
 def run_demo(zoo: str | Path | None = None, task: str | None = None, output: str | Path | None = None,
-             budget: int = 40, optimizer: str = "probes-cma", seed: int = 42, pool: PoolConfig | None = None,
+             budget: int = 40, optimizer: str = DEFAULT_OPTIMIZER, seed: int = 42, pool: PoolConfig | None = None,
              kind: str = "t5") -> dict:
     """Run the demo and return its figures (zero-shot and composed accuracy, weights, adapter path)."""
     directory, manifest = ensure_zoo(zoo)

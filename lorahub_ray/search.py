@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from lorahub_ray.errors import BadLossWarning, ConfigError, InputError
-from lorahub_ray.optimizers import OPTIMIZERS, make_strategy
+from lorahub_ray.optimizers import DEFAULT_OPTIMIZER, OPTIMIZERS, make_strategy
 
 FIRST_FAILURE_SCORE = 1e4  # score of a failed candidate before any candidate succeeded
 
@@ -66,7 +66,7 @@ class Search:
         10
     """
 
-    def __init__(self, num_modules: int, budget: int, optimizer: str = "cma", population: int | None = None,
+    def __init__(self, num_modules: int, budget: int, optimizer: str = DEFAULT_OPTIMIZER, population: int | None = None,
                  seed: int = 42, l1: float = 0.05, bound: float = 1.5) -> None:
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"`optimizer` must be one of {list(OPTIMIZERS)}, got {optimizer!r}")

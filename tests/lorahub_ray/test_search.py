@@ -27,8 +27,9 @@ def test_budget_is_exact_and_weights_stay_in_bounds(optimizer, budget):
 
 
 def test_population_comes_from_the_setting_or_cma_default_never_from_actors():
-    assert Search(20, 40).population == default_population(20) == 12
-    assert Search(20, 40, population=8).population == 8
+    assert Search(20, 40, optimizer="cma").population == default_population(20) == 12
+    assert Search(20, 40, optimizer="cma", population=8).population == 8
+    assert Search(20, 40).population == 21, "the default's first generation: w = 0 and every module alone"
     assert Search(20, 40, optimizer="ngopt", population=8).population == 1
 
 
@@ -67,7 +68,7 @@ def test_a_failing_candidate_gets_a_penalty_and_the_search_goes_on():
         outcomes[0] = Outcome(math.nan, error=None) if len(calls) == 2 else outcomes[0]
         return outcomes
 
-    search = Search(5, 12, population=4)
+    search = Search(5, 12, optimizer="cma", population=4)
     with pytest.warns(BadLossWarning, match="failed"):
         minimize(search, flaky)
     failed = search.history[4]
