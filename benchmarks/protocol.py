@@ -113,9 +113,10 @@ def measured_speedup(case: Case, actors: int = 2) -> float:
     return sequential.generation_ends[-1][0] / parallel.generation_ends[-1][0]
 
 
-def equal_time_budget(budget: int, speedup: float) -> int:
-    """Evaluations a pool with ``speedup`` over one sequential evaluator does in the time of ``budget`` of them."""
-    return max(budget, int(budget * speedup))
+def equal_time_budget(budget: int, speedup: float, actors: int = 2) -> int:
+    """Evaluations ``actors`` actors with a measured ``speedup`` over one sequential evaluator do in the time of
+    ``budget`` sequential ones; the speed-up counts at most ``actors`` times (a short measurement can read more)."""
+    return max(budget, int(budget * min(speedup, actors)))
 
 
 # method -> (optimizer, whether it gets the 2-actor equal-time budget)
