@@ -251,6 +251,14 @@ def _build_base(out, kind, cfg, seed, upstream, data, tokenizer, progress, built
     return rel, model.eval(), key
 
 
+def _drop_base_path(config: Path) -> None:
+    """Clear ``base_model_name_or_path`` (PEFT fills it from the model): it would depend on where the zoo lives and
+    on whether the base was trained in this call or loaded from the cache, and modules of one pool must agree."""
+    data = json.loads(config.read_text())
+    data["base_model_name_or_path"] = None
+    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def _variant_train(task: Task, split: dict, cfg: ZooSize, seed: int, variant: int) -> list:
     """Variant 0 trains on the task's train split; variant i on its own draw, disjoint from few-shot and test."""
     if variant == 0:
@@ -286,6 +294,7 @@ def _build_module(out, kind, cfg, seed, task, split, base, base_key, tokenizer, 
         tmp = _tmp_dir(final)
         try:
             peft_model.save_pretrained(tmp)
+            _drop_base_path(tmp / "adapter_config.json")
             (tmp / SAMPLE_FILE).write_text(_jsonl(train_examples[: cfg.train_sample]))
             (tmp / META).write_text(json.dumps(meta, indent=1))
             _publish(tmp, final)

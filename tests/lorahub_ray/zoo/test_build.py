@@ -124,6 +124,9 @@ def test_variants_add_modules_and_reuse_the_default_ones(tmp_path):
     weights = [load_file(tmp_path / p / "adapter_model.safetensors")
                for p in ("t5/modules/max_number", "t5/modules/max_number-v1", "t5/modules/max_number-v2")]
     assert all(any(not torch.equal(a[k], b[k]) for k in a) for a, b in zip(weights, weights[1:]))
+    configs = [json.loads((tmp_path / "t5/modules" / name / "adapter_config.json").read_text())
+               for name in ("max_number", "max_number-v1")]
+    assert configs[0] == configs[1] and configs[0]["base_model_name_or_path"] is None, "one pool, one base entry"
     held = splits(get_task("max_number"), 0, 32, 5, 8)
     unseen = {e["input"] for e in held["test"] + held["fewshot"]}
     samples = []
