@@ -38,6 +38,7 @@ class Strategy:
     """Proposes generations of candidates; told their scores in the order asked."""
 
     generation_size: int  # candidates it wants in its next generation
+    population: int  # the size of its generations once under way (what a pool should divide)
 
     def ask(self, count: int) -> list[np.ndarray]:
         raise NotImplementedError
@@ -51,7 +52,7 @@ class NevergradStrategy(Strategy):
 
     def __init__(self, optimizer: ng.optimizers.base.Optimizer, generation_size: int) -> None:
         self.optimizer = optimizer
-        self.generation_size = generation_size
+        self.generation_size = self.population = generation_size
         self._pending: list[ng.p.Parameter] = []
 
     def ask(self, count: int) -> list[np.ndarray]:
@@ -103,6 +104,7 @@ class ProbesThenCMA(Strategy):
                  step: float = PROBE_STEP) -> None:
         self.probes = [np.zeros(num_modules)] + [step * row for row in np.eye(num_modules)]
         self.generation_size = len(self.probes)
+        self.population = population or default_population(num_modules)
         self._start_cma = lambda best, remaining: _cma(num_modules, remaining, population, seed, bound,
                                                        init=best, sigma=step)
         self.budget = budget

@@ -104,8 +104,9 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
     search = Search(num_candidates, config.budget, config.optimizer, config.population,
                     config.seed, config.l1, config.bound)
     search.replay(history)
-    if search.population > 1 and pool.num_actors > 1 and search.population % pool.num_actors:
-        warnings.warn(f"a population of {search.population} does not divide over {pool.num_actors} actors: "
+    population = search.steady_population
+    if population > 1 and pool.num_actors > 1 and population % pool.num_actors:
+        warnings.warn(f"a population of {population} does not divide over {pool.num_actors} actors: "
                       "some actors idle at the end of each generation", InefficientSettingsWarning, stacklevel=2)
     if final is not None and overwrite and not history and final.exists():
         shutil.rmtree(final)

@@ -82,6 +82,11 @@ class Search:
         return self.strategy.generation_size
 
     @property
+    def steady_population(self) -> int:
+        """The size of the optimizer's generations once under way (a first generation of probes may differ)."""
+        return self.strategy.population
+
+    @property
     def remaining(self) -> int:
         return self.budget - len(self.history) - len(self._pending)
 

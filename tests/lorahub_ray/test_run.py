@@ -2,6 +2,7 @@
 
 import json
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -137,6 +138,20 @@ def test_more_actors_than_cpus_is_refused_up_front(local_ray, t5_world):
 
     with pytest.raises(ConfigError, match="3 actors x 1.0 CPU = 3.0 CPU, but the Ray cluster has 2.0"):
         run(_config(t5_world), PoolConfig(num_actors=3), progress=False)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(("population", "warns"), [(6, False), (4, True)])
+def test_the_uneven_population_warning_looks_past_the_first_generation(local_ray, t5_world, population, warns):
+    from lorahub_ray.errors import ConfigError, InefficientSettingsWarning
+
+    # singles-cma's first generation is N + 1 = 4 candidates; the generations after it have `population`.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ConfigError, match="3 actors"):
+            run(_config(t5_world, optimizer="singles-cma", population=population), PoolConfig(num_actors=3),
+                progress=False)
+    assert any(issubclass(w.category, InefficientSettingsWarning) for w in caught) == warns
 
 
 @pytest.mark.ray

@@ -30,6 +30,8 @@ def test_population_comes_from_the_setting_or_cma_default_never_from_actors():
     assert Search(20, 40, optimizer="cma").population == default_population(20) == 12
     assert Search(20, 40, optimizer="cma", population=8).population == 8
     assert Search(20, 40).population == 21, "the default's first generation: w = 0 and every module alone"
+    assert Search(20, 40).steady_population == 12 and Search(20, 40, population=6).steady_population == 6
+    assert Search(20, 40, optimizer="cma", population=8).steady_population == 8
     assert Search(20, 40, optimizer="ngopt", population=8).population == 1
 
 
