@@ -5,7 +5,7 @@ pre-filtering 1,000 modules.
     python benchmarks/pool.py                 # both parts
     python benchmarks/pool.py --scale-only    # only the 1,000-module load and pre-filter measurement
 
-Accuracy: for pool sizes 20, 50, 100, 200 and all (216), on every other held-out task of the large zoo x 2 seeds
+Accuracy: for pool sizes 20, 50, 100, 200 and all (216), on every held-out task of the large zoo x 2 seeds
 (each a random pool of that size and 5 examples), LoraHub (CMA-ES, budget 40) over the K = 20 modules kept by
 ``random:20``, ``loss:20`` and ``similarity:20``, and over every module of the pool (no pre-filter). Scale: 1,000 random modules shaped like the zoo's: seconds to index,
 seconds and evaluations per pre-filter, and the driver's peak traced memory against the K kept modules' size.
@@ -46,7 +46,6 @@ K = 20
 POOL_SIZES = [20, 50, 100, 200, None]  # None: the whole pool
 PREFILTERS = ["random", "loss", "similarity", "none"]
 SEEDS = [1, 2]
-TASK_STRIDE = 2  # every other held-out task (the cost grows with pool size x pre-filters x tasks x seeds)
 BUDGET = 40
 SCALE_MODULES = 1000
 RESULTS = Path(__file__).parent / "results"
@@ -117,7 +116,7 @@ def accuracy_vs_pool(zoo: Path, kind: str) -> dict:
         label = "all" if size is None else str(size)
         if size is not None and size > len(everything):
             continue
-        for entry in manifest["heldout"][::TASK_STRIDE]:
+        for entry in manifest["heldout"]:
             data = splits(get_task(entry["task"]), manifest["seed"])
             test = [json.loads(line) for line in (zoo / entry["test"]).read_text().splitlines()]
             for seed in SEEDS:
