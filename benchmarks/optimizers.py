@@ -67,13 +67,15 @@ def main() -> None:
         reference = lorahub_search(case, "ngopt", REFERENCE_BUDGET)
         best = min(reference.history, key=lambda e: e.score)
         rows.append({"case": number, "task": task, "seed": seed, "optimizer": "ngopt", "actors": 1,
-                     "budget": REFERENCE_BUDGET, "accuracy": case.accuracy(np.array(best.weights)), "score": best.score})
+                     "budget": REFERENCE_BUDGET, "accuracy": case.accuracy(np.array(best.weights)),
+                     "score": best.score})
         for optimizer in args.optimizers:
             for k in ACTORS:
                 run = lorahub_search(case, optimizer, REFERENCE_BUDGET * k, l1=L1)
                 best = min(run.history, key=lambda e: e.score)
-                row = {"case": number, "task": task, "seed": seed, "optimizer": optimizer, "actors": k, "budget": REFERENCE_BUDGET * k,
-                       "accuracy": case.accuracy(np.array(best.weights)), "score": best.score}
+                row = {"case": number, "task": task, "seed": seed, "optimizer": optimizer, "actors": k,
+                       "budget": REFERENCE_BUDGET * k, "accuracy": case.accuracy(np.array(best.weights)),
+                       "score": best.score}
                 if optimizer in GUARDED:
                     honest = min(run.history,
                                  key=lambda e: e.score + (HONEST_L1 - L1) * float(np.mean(np.abs(e.weights))))

@@ -7,8 +7,9 @@ pre-filtering 1,000 modules.
 
 Accuracy: for pool sizes 20, 50, 100, 200 and all (216), on every held-out task of the large zoo x 2 seeds
 (each a random pool of that size and 5 examples), LoraHub (CMA-ES, budget 40) over the K = 20 modules kept by
-``random:20``, ``loss:20`` and ``similarity:20``, and over every module of the pool (no pre-filter). Scale: 1,000 random modules shaped like the zoo's: seconds to index,
-seconds and evaluations per pre-filter, and the driver's peak traced memory against the K kept modules' size.
+``random:20``, ``loss:20`` and ``similarity:20``, and over every module of the pool (no pre-filter).
+Scale: 1,000 random modules shaped like the zoo's: seconds to index, seconds and evaluations per pre-filter, and
+the driver's peak traced memory against the K kept modules' size.
 Writes benchmarks/results/pool.json and pool.png.
 """
 

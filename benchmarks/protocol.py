@@ -121,7 +121,8 @@ def equal_time_budget(budget: int, speedup: float, actors: int = 2) -> int:
 
 # method -> (optimizer, whether it gets the 2-actor equal-time budget)
 SEARCHES = {"lorahub_ngopt": ("ngopt", False), "lorahub_cma": ("cma", False),
-            "lorahub_cma_2actors_equal_time": ("cma", True), "lorahub_singles_cma_2actors_equal_time": ("singles-cma", True)}
+            "lorahub_cma_2actors_equal_time": ("cma", True),
+            "lorahub_singles_cma_2actors_equal_time": ("singles-cma", True)}
 
 
 def run_methods(case: Case, methods: Sequence[str], budget: int = 40, speedup: float = 1.0) -> dict:

@@ -2,6 +2,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
@@ -21,3 +22,16 @@ def test_equal_time_searches_get_the_speedup_times_the_reference_budget(t5_world
     for curve in outcome["convergence"].values():
         assert np.all(np.diff(curve) <= 0), "a best-so-far curve never rises"
     assert all(0.0 <= a <= 100.0 for a in outcome["accuracy"].values())
+
+
+def test_shards_split_the_cases_and_combine_in_case_order(tmp_path):
+    assert protocol.parse_shard(None) == (0, 1) and protocol.parse_shard("1/3") == (1, 3)
+    with pytest.raises(ValueError, match="I/N"):
+        protocol.parse_shard("3/3")
+    protocol.save_shard(tmp_path, "quality", (1, 2), [{"case": 1}, {"case": 3}], 5.0)
+    with pytest.raises(SystemExit, match="missing shard results"):
+        protocol.load_shards(tmp_path, "quality", 2)
+    protocol.save_shard(tmp_path, "quality", (0, 2), [{"case": 0}, {"case": 2}], 7.0)
+    rows, walls = protocol.load_shards(tmp_path, "quality", 2)
+    assert [row["case"] for row in rows] == [0, 1, 2, 3] and walls == [7.0, 5.0]
+    assert not list(tmp_path.iterdir()), "shard files are removed once combined"
