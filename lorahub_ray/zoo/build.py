@@ -2,7 +2,7 @@
 
 Layout under ``out``::
 
-    manifest.json                      size, seed, bases, modules, heldout (paths relative to ``out``)
+    manifest.json                      size, seed, bases, modules, variants, heldout (paths relative to ``out``)
     <kind>/base/                       save_pretrained model + tokenizer (+ zoo_meta.json)
     <kind>/modules/<task>/             PEFT adapter_config.json + adapter_model.safetensors (+ zoo_meta.json,
                                        train_sample.jsonl: training inputs for the ``similarity`` pre-filter)
@@ -37,7 +37,8 @@ from lorahub_ray.evaluate import exact_match
 from lorahub_ray.prefilter import SAMPLE_FILE
 
 from .models import KINDS, LLAMA_PRESETS, LORA_TARGETS, T5_PRESETS, build_model, make_tokenizer, save_base
-from .tasks import Task, draw_distinct, get_task, heldout_tasks, instruction_words, reword, splits, stable_seed, upstream_tasks
+from .tasks import (Task, draw_distinct, get_task, heldout_tasks, instruction_words, reword, splits, stable_seed,
+                    upstream_tasks)
 from .train import train_base, train_lora
 
 __all__ = [
@@ -73,8 +74,6 @@ class ZooSize:
     variants: int = 0  # extra modules per upstream task (other training draws, fewer steps): a large pool
     variant_steps: int = 40
     train_sample: int = 20  # training examples written beside each module
-
-
 
 
 _DEFAULT = ZooSize(model="default", base_steps=2500, module_steps=100)
