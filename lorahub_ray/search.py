@@ -66,8 +66,8 @@ class Search:
         10
     """
 
-    def __init__(self, num_modules: int, budget: int, optimizer: str = DEFAULT_OPTIMIZER, population: int | None = None,
-                 seed: int = 42, l1: float = 0.05, bound: float = 1.5) -> None:
+    def __init__(self, num_modules: int, budget: int, optimizer: str = DEFAULT_OPTIMIZER,
+                 population: int | None = None, seed: int = 42, l1: float = 0.05, bound: float = 1.5) -> None:
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"`optimizer` must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
         self.strategy = make_strategy(optimizer, num_modules, budget, population, seed, bound)

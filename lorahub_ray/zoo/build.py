@@ -277,8 +277,8 @@ def _build_module(out, kind, cfg, seed, task, split, base, base_key, tokenizer, 
                        **({"variant": variant} if variant else {}))
     fields = ("task", "path", "train_size", "final_loss", "base_accuracy_on_task", "module_accuracy_on_task")
     meta = _read_meta(final)
-    train_examples = _variant_train(task, split, cfg, seed, variant)
     if meta is None or meta.get("key") != key:
+        train_examples = _variant_train(task, split, cfg, seed, variant)
         rng = random.Random(stable_seed("reword", name, seed))
         words = instruction_words()
         train = [reword(e, task, rng, words) if rng.random() < cfg.instruction_noise else e for e in train_examples]
@@ -301,7 +301,7 @@ def _build_module(out, kind, cfg, seed, task, split, base, base_key, tokenizer, 
             shutil.rmtree(tmp, ignore_errors=True)
         built.append(rel)
     elif not (final / SAMPLE_FILE).exists():  # a module built before samples were written
-        _atomic_write(final / SAMPLE_FILE, _jsonl(train_examples[: cfg.train_sample]))
+        _atomic_write(final / SAMPLE_FILE, _jsonl(_variant_train(task, split, cfg, seed, variant)[: cfg.train_sample]))
     return {k: meta[k] for k in fields}
 
 
