@@ -76,7 +76,7 @@ class ZooSize:
     train_sample: int = 20  # training examples written beside each module
 
 
-_DEFAULT = ZooSize(model="default", base_steps=2500, module_steps=100)
+_DEFAULT = ZooSize(model="default", base_steps=4000, module_steps=150)
 SIZES: dict[str, ZooSize] = {
     "tiny": ZooSize(model="tiny", base_steps=30, module_steps=10, base_batch=16, module_batch=16, rank=4,
                     n_train=64, n_test=16),

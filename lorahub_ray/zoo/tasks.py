@@ -60,14 +60,32 @@ def _word(lo: int = 3, hi: int = 6) -> Callable[[random.Random], str]:
     return lambda rng: _letters(rng, rng.randint(lo, hi))
 
 
+def _top_digits(rng: random.Random) -> str:
+    """3-5 digits whose largest is uniform over 3..9 (with uniform digits the largest is mostly 9)."""
+    top = rng.randrange(3, 10)
+    xs = [top] + [rng.randrange(top + 1) for _ in range(rng.randint(2, 4))]
+    rng.shuffle(xs)
+    return _fmt(xs)
+
+
+def _bottom_digits(rng: random.Random) -> str:
+    """3-5 digits whose smallest is uniform over 0..6."""
+    bottom = rng.randrange(7)
+    xs = [bottom] + [rng.randrange(bottom, 10) for _ in range(rng.randint(2, 4))]
+    rng.shuffle(xs)
+    return _fmt(xs)
+
+
+def _contains_data(rng: random.Random) -> str:
+    xs = [rng.randrange(10) for _ in range(rng.randint(3, 6))]
+    absent = [x for x in range(10) if x not in xs]
+    return f"{rng.choice(xs) if rng.random() < 0.5 else rng.choice(absent)}: {_fmt(xs)}"
+
+
 def _count_value_data(rng: random.Random) -> str:
     x = rng.randrange(10)
     xs = [x if rng.random() < 0.3 else rng.randrange(10) for _ in range(rng.randint(3, 6))]
     return f"{x}: {_fmt(xs)}"
-
-
-def _numbers(rng: random.Random) -> str:
-    return " ".join(str(rng.randrange(10, 100)) for _ in range(rng.randint(3, 5)))
 
 
 def _number(rng: random.Random) -> str:
@@ -144,6 +162,11 @@ def _count_value(data: str) -> str:
 
 
 
+def _contains(data: str) -> str:
+    x, xs = data.split(":")
+    return _yes(int(x) in _ints(xs))
+
+
 def _pair(data: str) -> tuple[str, str]:
     a, b = data.split(" or ")
     return a, b
@@ -189,35 +212,34 @@ def _majority(data: str) -> str:
 def _upstream() -> list[Task]:
     d, w, f = _digits, _word, _on_digits
     return [
-        Task("max_number", "Largest number:", _numbers, f(max), True),
-        Task("min_number", "Smallest number:", _numbers, f(min), True),
+        Task("max_digit", "Largest digit:", _top_digits, f(max), True),
+        Task("min_digit", "Smallest digit:", _bottom_digits, f(min), True),
         Task("sort_digits", "Sort the digits:", d(), f(lambda xs: _fmt(sorted(xs))), True),
-        Task("reverse_digits", "Reverse the digits:", d(), f(lambda xs: _fmt(xs[::-1])), True),
         Task("count_digits", "Count the digits:", d(2, 9), f(len), True),
-        Task("sum_mod10", "Sum mod 10:", d(2, 4), f(lambda xs: sum(xs) % 10), True),
         Task("first_digit", "First digit:", d(), f(lambda xs: xs[0]), True),
         Task("last_digit", "Last digit:", d(), f(lambda xs: xs[-1]), True),
         Task("digit_2", "Digit number 2:", d(), f(lambda xs: xs[1]), True),
         Task("digit_4", "Digit number 4:", d(4, 6), f(lambda xs: xs[3]), True),
+        Task("second_last_digit", "Second to last digit:", d(), f(lambda xs: xs[-2]), True),
         Task("even_number", "Is the number even?", _number, lambda s: _yes(int(s) % 2 == 0), True),
         Task("dedupe_digits", "Remove repeats:", d(4, 7, 6), f(lambda xs: _fmt(_dedupe(xs))), True),
         Task("count_value", "How many of", _count_value_data, _count_value, True),
+        Task("contains_value", "Is it in the list?", _contains_data, _contains, True),
         Task("count_even", "How many even digits?", d(), f(lambda xs: sum(x % 2 == 0 for x in xs)), True),
-        Task("add1_digits", "Add 1 to each digit:", d(), f(lambda xs: _fmt((x + 1) % 10 for x in xs)), True),
-        Task("add3_digits", "Add 3 to each digit:", d(), f(lambda xs: _fmt((x + 3) % 10 for x in xs)), True),
+        Task("add1_last", "Add 1 to the last digit:", d(2, 5), f(lambda xs: (xs[-1] + 1) % 10), True),
+        Task("add3_last", "Add 3 to the last digit:", d(2, 5), f(lambda xs: (xs[-1] + 3) % 10), True),
         Task("sort_unique", "Sort and remove repeats:", d(5, 9), f(lambda xs: _fmt(sorted(set(xs)))), True),
         Task("digit_range", "Largest minus smallest:", d(), f(lambda xs: max(xs) - min(xs)), True),
         Task("first_and_last", "First and last digit:", d(), f(lambda xs: _fmt([xs[0], xs[-1]])), True),
-        Task("rotate_left", "Rotate left:", d(), f(lambda xs: _fmt(xs[1:] + xs[:1])), True),
-        Task("reverse_word", "Reverse the word:", w(2, 5), lambda s: s[::-1], True),
-        Task("sort_letters", "Sort the letters:", w(), lambda s: "".join(sorted(s)), True),
+        Task("min_letter", "Earliest letter in the alphabet:", w(), min, True),
         Task("first_letter", "First letter:", w(), lambda s: s[0], True),
         Task("last_letter", "Last letter:", w(), lambda s: s[-1], True),
-        Task("shift1_letters", "Shift letters by 1:", w(2, 4), lambda s: _shift(s, 1), True),
-        Task("shift3_letters", "Shift letters by 3:", w(2, 4), lambda s: _shift(s, 3), True),
+        Task("second_letter", "Second letter:", w(), lambda s: s[1], True),
+        Task("next_letter", "Letter after the last one:", w(2, 4), lambda s: _shift(s[-1], 1), True),
+        Task("letter_3_later", "3 letters after the last one:", w(2, 4), lambda s: _shift(s[-1], 3), True),
         Task("count_vowels", "Count the vowels:", w(), lambda s: str(sum(c in VOWELS for c in s)), True),
-        Task("remove_vowels", "Remove the vowels:", w(), lambda s: "".join(c for c in s if c not in VOWELS) or "none", True),
-        Task("double_letters", "Double each letter:", w(2, 4), lambda s: "".join(c + c for c in s), True),
+        Task("count_consonants", "Count the consonants:", w(), lambda s: str(sum(c not in VOWELS for c in s)), True),
+        Task("first_vowel", "First vowel:", w(), lambda s: next((c for c in s if c in VOWELS), "none"), True),
         Task("word_length", "Length of the word:", w(2, 9), lambda s: str(len(s)), True),
         Task("max_letter", "Latest letter in the alphabet:", w(), max, True),
         Task("alpha_first", "Which letter comes first?", _two_letters, lambda s: min(_pair(s)), True),
@@ -225,6 +247,7 @@ def _upstream() -> list[Task]:
         Task("lookup", "Look up", _lookup_data, _lookup, True),
         Task("bool_eval", "Evaluate:", _bool_data, _bool_eval, True),
         Task("majority_bit", "More ones or zeros?", _bits, _majority, True),
+        Task("count_ones", "How many ones?", _bits, f(sum), True),
     ]
 
 
@@ -232,23 +255,23 @@ def _heldout() -> list[Task]:
     d, w, f = _digits, _word, _on_digits
     return [
         # new instruction wording for an upstream skill
-        Task("biggest_number", "Give the biggest number:", _numbers, f(max), False),
-        Task("least_number", "Give the least number:", _numbers, f(min), False),
+        Task("biggest_digit", "Give the biggest digit:", _top_digits, f(max), False),
+        Task("least_digit", "Give the least digit:", _bottom_digits, f(min), False),
         Task("opening_digit", "Which digit comes first?", d(), f(lambda xs: xs[0]), False),
         Task("final_digit", "Which digit is at the end?", d(), f(lambda xs: xs[-1]), False),
         Task("how_many_digits", "How many digits are there?", d(2, 9), f(len), False),
         Task("vowel_tally", "Number of vowels in it:", w(), lambda s: str(sum(c in VOWELS for c in s)), False),
-        Task("backwards_word", "Write the word backwards:", w(2, 5), lambda s: s[::-1], False),
+        Task("more_bits", "Are there more ones or more zeros?", _bits, _majority, False),
+        Task("truth_value", "Is it True or False?", _bool_data, _bool_eval, False),
         # new parameter of a parameterised upstream skill
         Task("digit_3", "Digit number 3:", d(), f(lambda xs: xs[2]), False),
-        Task("shift2_letters", "Shift letters by 2:", w(2, 4), lambda s: _shift(s, 2), False),
-        Task("add2_digits", "Add 2 to each digit:", d(), f(lambda xs: _fmt((x + 2) % 10 for x in xs)), False),
+        Task("add2_last", "Add 2 to the last digit:", d(2, 5), f(lambda xs: (xs[-1] + 2) % 10), False),
+        Task("letter_2_later", "2 letters after the last one:", w(2, 4), lambda s: _shift(s[-1], 2), False),
         Task("smaller_number", "Which is smaller?", _two_numbers, lambda s: min(_pair(s), key=int), False),
         # new composition of upstream primitives
-        Task("sort_desc", "Sort the digits descending:", d(), f(lambda xs: _fmt(sorted(xs, reverse=True))), False),
         Task("count_unique", "How many different digits?", d(4, 7, 6), f(lambda xs: len(set(xs))), False),
-        Task("reverse_dedupe", "Reverse and remove repeats:", d(4, 7, 6), f(lambda xs: _fmt(_dedupe(xs[::-1]))), False),
-        Task("min_plus_max", "Smallest plus largest mod 10:", d(), f(lambda xs: (min(xs) + max(xs)) % 10), False),
+        Task("count_odd", "How many odd digits?", d(), f(lambda xs: sum(x % 2 for x in xs)), False),
+        Task("first_digit_even", "Is the first digit even?", d(), f(lambda xs: _yes(xs[0] % 2 == 0)), False),
     ]
 
 

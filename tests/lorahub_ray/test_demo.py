@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tiny_zoo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo_zoo")
-    build_zoo(out, size="tiny", kinds=("t5",), tasks=["max_number", "reverse_word", "lookup", "biggest_number"],
+    build_zoo(out, size="tiny", kinds=("t5",), tasks=["max_digit", "second_letter", "lookup", "biggest_digit"],
               overrides={"base_steps": 8, "module_steps": 3, "n_train": 32, "n_test": 8}, progress=False)
     return out
 
@@ -21,7 +21,7 @@ def tiny_zoo(tmp_path_factory):
 def test_demo_searches_a_held_out_task_and_reports_both_accuracies(tiny_zoo, tmp_path, capsys):
     figures = run_demo(zoo=tiny_zoo, output=tmp_path / "out", budget=4, pool=PoolConfig(num_actors=0))
     printed = capsys.readouterr().out
-    assert figures["task"] == "biggest_number"
+    assert figures["task"] == "biggest_digit"
     assert 0 <= figures["zero_shot"] <= 100 and 0 <= figures["composed"] <= 100
     assert len(figures["weights"]) == 3 and (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
     assert "zero-shot" in printed and "LoraHub" in printed and str(tmp_path / "out" / "adapter") in printed

@@ -18,8 +18,8 @@ from lorahub_ray.zoo.train import train_lora
 
 pytestmark = pytest.mark.slow
 
-UPSTREAM = ["max_number", "reverse_word", "lookup"]
-HELDOUT = ["biggest_number", "digit_3"]
+UPSTREAM = ["max_digit", "second_letter", "lookup"]
+HELDOUT = ["biggest_digit", "digit_3"]
 FAST = {"base_steps": 8, "module_steps": 3, "n_train": 32, "n_test": 8}
 
 
@@ -103,34 +103,34 @@ def test_second_build_is_cached(zoo):
 
 
 def test_changed_module_budget_rebuilds_modules_only(tmp_path):
-    kwargs = dict(size="tiny", kinds=("t5",), tasks=["max_number"], progress=False)
+    kwargs = dict(size="tiny", kinds=("t5",), tasks=["max_digit"], progress=False)
     first = build_zoo(tmp_path, overrides=FAST, **kwargs)
-    assert sorted(first["built"]) == ["t5/base", "t5/modules/max_number"]
-    weights = load_file(tmp_path / "t5/modules/max_number/adapter_model.safetensors")
+    assert sorted(first["built"]) == ["t5/base", "t5/modules/max_digit"]
+    weights = load_file(tmp_path / "t5/modules/max_digit/adapter_model.safetensors")
     second = build_zoo(tmp_path, overrides={**FAST, "module_steps": 4}, **kwargs)
-    assert second["built"] == ["t5/modules/max_number"]
-    changed = load_file(tmp_path / "t5/modules/max_number/adapter_model.safetensors")
+    assert second["built"] == ["t5/modules/max_digit"]
+    changed = load_file(tmp_path / "t5/modules/max_digit/adapter_model.safetensors")
     assert any(not torch.equal(weights[k], changed[k]) for k in weights)
 
 
 def test_variants_add_modules_and_reuse_the_default_ones(tmp_path):
-    kwargs = dict(size="tiny", kinds=("t5",), tasks=["max_number", "biggest_number"], progress=False)
+    kwargs = dict(size="tiny", kinds=("t5",), tasks=["max_digit", "biggest_digit"], progress=False)
     build_zoo(tmp_path, overrides=FAST, **kwargs)
     large = build_zoo(tmp_path, overrides={**FAST, "variants": 2, "variant_steps": 2}, **kwargs)
-    assert sorted(large["built"]) == ["t5/modules/max_number-v1", "t5/modules/max_number-v2"]
-    assert [e["path"] for e in large["variants"]["t5"]] == ["t5/modules/max_number-v1", "t5/modules/max_number-v2"]
-    assert all(e["task"] == "max_number" and e["train_size"] == 32 and e["module_accuracy_on_task"] is None
+    assert sorted(large["built"]) == ["t5/modules/max_digit-v1", "t5/modules/max_digit-v2"]
+    assert [e["path"] for e in large["variants"]["t5"]] == ["t5/modules/max_digit-v1", "t5/modules/max_digit-v2"]
+    assert all(e["task"] == "max_digit" and e["train_size"] == 32 and e["module_accuracy_on_task"] is None
                for e in large["variants"]["t5"])
     weights = [load_file(tmp_path / p / "adapter_model.safetensors")
-               for p in ("t5/modules/max_number", "t5/modules/max_number-v1", "t5/modules/max_number-v2")]
+               for p in ("t5/modules/max_digit", "t5/modules/max_digit-v1", "t5/modules/max_digit-v2")]
     assert all(any(not torch.equal(a[k], b[k]) for k in a) for a, b in zip(weights, weights[1:]))
     configs = [json.loads((tmp_path / "t5/modules" / name / "adapter_config.json").read_text())
-               for name in ("max_number", "max_number-v1")]
+               for name in ("max_digit", "max_digit-v1")]
     assert configs[0] == configs[1] and configs[0]["base_model_name_or_path"] is None, "one pool, one base entry"
-    held = splits(get_task("max_number"), 0, 32, 5, 8)
+    held = splits(get_task("max_digit"), 0, 32, 5, 8)
     unseen = {e["input"] for e in held["test"] + held["fewshot"]}
     samples = []
-    for name in ("max_number", "max_number-v1", "max_number-v2"):
+    for name in ("max_digit", "max_digit-v1", "max_digit-v2"):
         lines = (tmp_path / "t5/modules" / name / "train_sample.jsonl").read_text().splitlines()
         samples.append([json.loads(line) for line in lines])
         assert len(lines) == 20 and not {e["input"] for e in samples[-1]} & unseen
@@ -163,7 +163,7 @@ def test_training_tokenises_examples_for_both_kinds():
 def test_modules_share_their_initialisation():
     tok = make_tokenizer()
     base = build_model("t5", "tiny")
-    data = splits(get_task("max_number"), 0, 8, 0, 0)["train"]
+    data = splits(get_task("max_digit"), 0, 8, 0, 0)["train"]
     other = splits(get_task("lookup"), 0, 8, 0, 0)["train"]
     a, _ = train_lora(base, tok, data, ["q", "v"], rank=4, steps=0, progress=False)
     b, _ = train_lora(base, tok, other, ["q", "v"], rank=4, steps=0, progress=False, seed=5)
