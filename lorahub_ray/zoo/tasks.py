@@ -161,7 +161,6 @@ def _count_value(data: str) -> str:
 
 
 
-
 def _contains(data: str) -> str:
     x, xs = data.split(":")
     return _yes(int(x) in _ints(xs))
