@@ -51,7 +51,7 @@ def bbh_cases(bbh: Path, base: str, pool: list[str], tasks: list[str] | None, se
             rng = random.Random(f"{path.stem}/{seed}")
             order = rng.sample(range(len(examples)), len(examples))
             fewshot, test = [examples[i] for i in order[:shots]], [examples[i] for i in order[shots:]]
-            modules = sorted(rng.sample(pool, min(modules_per_run, len(pool))))
+            modules = rng.sample(pool, min(modules_per_run, len(pool)))  # the sample's order, as in quality.py
             yield path.stem, seed, Case(base, modules, fewshot, test, seed, max_new_tokens=max_new_tokens)
 
 
