@@ -34,7 +34,8 @@ class RunConfig:
         optimizer: a name in `lorahub_ray.optimizers.OPTIMIZERS`: ``"singles-cma"`` (the default: every module
             alone in one parallel generation, then CMA-ES from the best), ``"cma"`` (CMA-ES populations from 0),
             ``"ngopt"`` (the reference's sequential NGOpt) or ``"probes-cma"`` (Cobyla's probes, then CMA-ES).
-        population: candidates per generation for ``cma`` (``None``: CMA-ES's default ``4 + 3 ln N``).
+        population: candidates per generation for ``cma`` (``None``: CMA-ES's default ``4 + 3 ln N``, made smaller
+            for small budgets so that the budget lasts 12 generations, never below 4).
             Never derived from the number of actors, so results do not depend on it.
         mode: composition, ``"ab"`` (LoraHub: sum of A's times sum of B's) or ``"delta"`` (sum of w_i B_i A_i).
         objective: ``"default"`` (mean token cross-entropy) or ``"reference"`` (the reference's CE / E scale).

@@ -3,7 +3,7 @@
 A strategy proposes generations of weight vectors and learns from their scores; it never sees Ray or
 the budget's bookkeeping (see `lorahub_ray.search.Search`). nevergrad supplies the algorithms; this file
 is the glue:
-- ``cma``: CMA-ES populations from w = 0.
+- ``cma``: CMA-ES populations from w = 0 (sized so that the budget lasts `MIN_GENERATIONS` generations).
 - ``ngopt``: the reference's sequential NGOpt (one candidate at a time; Cobyla for small budgets).
 - ``probes-cma``: a first generation of the points Cobyla starts with (w = 0 and +0.5 on each coordinate),
   evaluated in parallel, then CMA-ES started from the best of them with a step of that probe size.
@@ -27,11 +27,14 @@ warnings.filterwarnings("ignore", message="COBYLA: Invalid (RHOEND|MAXFUN)", cat
 warnings.filterwarnings("ignore", message="orphanated injected solution")
 
 PROBE_STEP = 0.5  # Cobyla's first trust radius in NGOpt: each probe moves one weight by this much
+MIN_GENERATIONS = 12  # CMA-ES adapts its step and shape once per generation: a small budget needs small ones
 
 
-def default_population(num_modules: int) -> int:
-    """CMA-ES's usual population size for N weights: ``4 + floor(3 ln N)``."""
-    return 4 + int(3 * math.log(num_modules))
+def default_population(num_modules: int, budget: int | None = None) -> int:
+    """CMA-ES's usual population size for N weights, ``4 + floor(3 ln N)``; given a ``budget``, made smaller (down
+    to 4) so that the budget lasts `MIN_GENERATIONS` generations."""
+    size = 4 + int(3 * math.log(num_modules))
+    return size if budget is None else max(4, min(size, budget // MIN_GENERATIONS))
 
 
 class Strategy:
@@ -76,7 +79,7 @@ def _space(num_modules: int, bound: float, seed: int, init: np.ndarray | None = 
 
 def _cma(num_modules: int, budget: int, population: int | None, seed: int, bound: float,
          init: np.ndarray | None = None, sigma: float | None = None) -> NevergradStrategy:
-    size = population or default_population(num_modules)
+    size = population or default_population(num_modules, budget)
     optimizer = ng.optimizers.ParametrizedCMA(popsize=size)(
         _space(num_modules, bound, seed, init, sigma), budget=budget, num_workers=size)
     return NevergradStrategy(optimizer, size)
@@ -94,7 +97,8 @@ class ProbesThenCMA(Strategy):
     Args:
         num_modules: N.
         budget: total evaluations (the probes take N + 1 of them).
-        population: CMA-ES population after the probes (``None``: `default_population`).
+        population: CMA-ES population after the probes (``None``: `default_population` of N, whatever the budget:
+            started from the best probe, CMA-ES did better with it than with a budget-sized one).
         seed: seeds CMA-ES.
         bound: search box half-width.
         step: each probe's weight on its coordinate, and CMA-ES's initial step.
@@ -105,7 +109,7 @@ class ProbesThenCMA(Strategy):
         self.probes = [np.zeros(num_modules)] + [step * row for row in np.eye(num_modules)]
         self.generation_size = len(self.probes)
         self.population = population or default_population(num_modules)
-        self._start_cma = lambda best, remaining: _cma(num_modules, remaining, population, seed, bound,
+        self._start_cma = lambda best, remaining: _cma(num_modules, remaining, self.population, seed, bound,
                                                        init=best, sigma=step)
         self.budget = budget
         self._told: list[tuple[float, np.ndarray]] = []

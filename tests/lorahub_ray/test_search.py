@@ -27,7 +27,9 @@ def test_budget_is_exact_and_weights_stay_in_bounds(optimizer, budget):
 
 
 def test_population_comes_from_the_setting_or_cma_default_never_from_actors():
-    assert Search(20, 40, optimizer="cma").population == default_population(20) == 12
+    assert Search(20, 400, optimizer="cma").population == default_population(20) == 12
+    assert Search(20, 80, optimizer="cma").population == default_population(20, 80) == 6, "80 // 12 generations"
+    assert Search(20, 40, optimizer="cma").population == 4, "never below 4"
     assert Search(20, 40, optimizer="cma", population=8).population == 8
     assert Search(20, 40).population == 21, "the default's first generation: w = 0 and every module alone"
     assert Search(20, 40).steady_population == 12 and Search(20, 40, population=6).steady_population == 6
