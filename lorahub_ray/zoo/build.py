@@ -61,6 +61,7 @@ class ZooSize:
     model: str
     base_steps: int
     module_steps: int
+    llama_base_steps: int | None = None  # the decoder-only base fits the mixture faster; None: base_steps
     base_batch: int = 32
     module_batch: int = 32
     base_lr: float = 1e-3
@@ -75,8 +76,12 @@ class ZooSize:
     variant_steps: int = 40
     train_sample: int = 20  # training examples written beside each module
 
+    def base_steps_for(self, kind: str) -> int:
+        """Training steps of the base model of ``kind``."""
+        return self.llama_base_steps if kind == "llama" and self.llama_base_steps is not None else self.base_steps
 
-_DEFAULT = ZooSize(model="default", base_steps=4000, module_steps=150)
+
+_DEFAULT = ZooSize(model="default", base_steps=4000, llama_base_steps=1500, module_steps=150)
 SIZES: dict[str, ZooSize] = {
     "tiny": ZooSize(model="tiny", base_steps=30, module_steps=10, base_batch=16, module_batch=16, rank=4,
                     n_train=64, n_test=16),
@@ -228,14 +233,15 @@ def _build_base(out, kind, cfg, seed, upstream, data, tokenizer, progress, built
     rel = f"{kind}/base"
     final = out / rel
     arch = (T5_PRESETS if kind == "t5" else LLAMA_PRESETS)[cfg.model]
-    key = _fingerprint(version=ZOO_VERSION, kind=kind, arch=arch, steps=cfg.base_steps, batch=cfg.base_batch, lr=cfg.base_lr,
-                       n_train=cfg.n_train, seed=seed, tasks=[t.name for t in upstream])
+    key = _fingerprint(version=ZOO_VERSION, kind=kind, arch=arch, steps=cfg.base_steps_for(kind), batch=cfg.base_batch,
+                       lr=cfg.base_lr, n_train=cfg.n_train, seed=seed, tasks=[t.name for t in upstream],
+                       data=_fingerprint(**{t.name: data[t.name]["train"] for t in upstream}))
     meta = _read_meta(final)
     if meta is not None and meta.get("key") == key:
         return rel, _load_base(kind, final), key
     model = build_model(kind, cfg.model, seed=stable_seed("init", kind, seed) % 2**31)
     start = time.time()
-    loss = train_base(model, tokenizer, {t.name: data[t.name]["train"] for t in upstream}, cfg.base_steps,
+    loss = train_base(model, tokenizer, {t.name: data[t.name]["train"] for t in upstream}, cfg.base_steps_for(kind),
                       cfg.base_batch, cfg.base_lr, stable_seed("base", kind, seed) % 2**31, progress)
     tmp = _tmp_dir(final)
     try:

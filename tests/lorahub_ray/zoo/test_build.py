@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from lorahub_ray.evaluate import exact_match, generate, normalize
+import lorahub_ray.zoo.build as build_module
 from lorahub_ray.zoo.build import build_zoo, load_manifest
 from lorahub_ray.zoo.models import build_model, make_tokenizer
 from lorahub_ray.zoo.tasks import get_task, splits
@@ -111,6 +112,28 @@ def test_changed_module_budget_rebuilds_modules_only(tmp_path):
     assert second["built"] == ["t5/modules/max_digit"]
     changed = load_file(tmp_path / "t5/modules/max_digit/adapter_model.safetensors")
     assert any(not torch.equal(weights[k], changed[k]) for k in weights)
+
+
+def test_llama_base_steps_rebuild_the_llama_side_only(tmp_path):
+    kwargs = dict(size="tiny", kinds=("t5", "llama"), tasks=["max_digit"], progress=False)
+    build_zoo(tmp_path, overrides=FAST, **kwargs)
+    again = build_zoo(tmp_path, overrides={**FAST, "llama_base_steps": 4}, **kwargs)
+    assert sorted(again["built"]) == ["llama/base", "llama/modules/max_digit"]
+    meta = json.loads((tmp_path / "llama/base/zoo_meta.json").read_text())
+    assert meta["config"]["llama_base_steps"] == 4 and meta["config"]["base_steps"] == 8
+
+
+def test_changed_task_data_rebuilds_the_base(tmp_path, monkeypatch):
+    kwargs = dict(size="tiny", kinds=("t5",), tasks=["max_digit"], overrides=FAST, progress=False)
+    build_zoo(tmp_path, **kwargs)
+    real_splits = build_module.splits
+
+    def shorter_train(*args, **kw):
+        split = real_splits(*args, **kw)
+        return {**split, "train": split["train"][1:]}
+
+    monkeypatch.setattr(build_module, "splits", shorter_train)
+    assert sorted(build_zoo(tmp_path, **kwargs)["built"]) == ["t5/base", "t5/modules/max_digit"]
 
 
 def test_variants_add_modules_and_reuse_the_default_ones(tmp_path):
