@@ -1,4 +1,4 @@
-"""The ``lorahub-ray`` command: ``search``, ``evaluate``, ``demo``, ``zoo build`` and ``tune``.
+"""The ``lorahub-ray`` command: ``search``, ``evaluate``, ``demo``, ``zoo build``, ``zoo check`` and ``tune``.
 
 Errors that lorahub-ray raises on purpose are printed as one paragraph (``error: ...``, exit code 2);
 anything else keeps its traceback, because it is a bug.
@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="base models: t5 (encoder-decoder) and/or llama (decoder-only)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    check = zoo_commands.add_parser("check", help="does every module beat its base model on its own task? "
+                                                  "(scored on fresh examples, disjoint from the zoo's splits)")
+    check.add_argument("--zoo", default=None, help="zoo directory (default: as the demo's)")
+    check.add_argument("--kinds", nargs="+", choices=["t5", "llama"], default=["t5"])
+    check.add_argument("--examples", type=int, default=1000, help="fresh examples per task")
+    check.add_argument("--output", default=None, help="also write the figures to this JSON file")
     add_tune_command(commands)
     return parser
 
@@ -152,12 +158,35 @@ def _zoo(args: argparse.Namespace) -> None:
 
     from lorahub_ray.zoo.build import DEFAULT_ZOO_DIR, build_zoo
 
+    if args.zoo_command == "check":
+        _zoo_check(args)
+        return
     out = Path(args.out) if args.out else DEFAULT_ZOO_DIR
     start = time.perf_counter()
     manifest = build_zoo(out, size=args.size, kinds=tuple(args.kinds), seed=args.seed, num_threads=args.threads)
     modules = sum(len(entries) for part in ("modules", "variants") for entries in manifest[part].values())
     print(f"zoo at {out}: {len(manifest['bases'])} base model(s), {modules} modules, {len(manifest['heldout'])} "
           f"held-out tasks; {len(manifest['built'])} artifacts built in {time.perf_counter() - start:.0f}s")
+
+
+def _zoo_check(args: argparse.Namespace) -> None:
+    from lorahub_ray.demo import ensure_zoo
+    from lorahub_ray.zoo.build import atomic_write
+    from lorahub_ray.zoo.check import check_specialists
+
+    if args.examples < 1:
+        raise ConfigError(f"--examples must be >= 1, got {args.examples}")
+    directory = Path(args.zoo) if args.zoo else ensure_zoo(None)[0]  # a zoo given is checked, never built
+    results = {}
+    for kind in args.kinds:
+        result = results[kind] = check_specialists(directory, kind, examples=args.examples)
+        print(f"{kind}: exact match on {args.examples} fresh examples of each module's own task")
+        for row in result["tasks"]:
+            print(f"  {row['task']:18s} base {100 * row['base']:5.1f}  module {100 * row['module']:5.1f}")
+        print(f"{kind}: {len(result['beat'])} of {len(result['tasks'])} modules beat the base; "
+              f"tie: {', '.join(result['tie']) or 'none'}; below: {', '.join(result['below']) or 'none'}")
+    if args.output:
+        atomic_write(Path(args.output), json.dumps({"zoo": str(directory), **results}, indent=1) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 PEFT LoRA module per upstream task, built reproducibly on a CPU (no downloads).
 
 Modules: `tasks` (task generators and splits), `models` (base models from a config), `train` (base and LoRA
-training, example tokenisation), `build` (`build_zoo`, `load_manifest`).
+training, example tokenisation), `build` (`build_zoo`, `load_manifest`), `check` (`check_specialists`: do the
+modules beat the base on their own tasks, on fresh examples).
 Command line: ``python -m lorahub_ray.zoo.build --out DIR [--size tiny|default] [--kinds t5 llama]``.
 """
 

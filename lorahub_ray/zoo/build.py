@@ -101,7 +101,8 @@ def _read_meta(directory: Path) -> dict | None:
         return None
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so that a reader never sees half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     tmp.write_text(text)
@@ -143,7 +144,7 @@ class _EvalCache:
     def get(self, model, tokenizer, task: str, examples, max_new_tokens: int) -> float:
         if task not in self.acc:
             self.acc[task] = exact_match(model, tokenizer, examples, max_new_tokens=max_new_tokens).accuracy / 100
-            _atomic_write(self.path, json.dumps({"base": self.key, "accuracy": self.acc}, indent=1, sort_keys=True))
+            atomic_write(self.path, json.dumps({"base": self.key, "accuracy": self.acc}, indent=1, sort_keys=True))
         return self.acc[task]
 
 
@@ -199,7 +200,7 @@ def build_zoo(
             path = out / entry[split]
             text = _jsonl(data[task.name][split])
             if not path.exists() or path.read_text() != text:
-                _atomic_write(path, text)
+                atomic_write(path, text)
                 built.append(entry[split])
         heldout_entries.append(entry)
 
@@ -225,7 +226,7 @@ def build_zoo(
 
     manifest = {"size": size, "seed": seed, "bases": bases, "modules": modules, "variants": variants,
                 "heldout": heldout_entries}
-    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
     return {**manifest, "built": built}
 
 
@@ -307,7 +308,7 @@ def _build_module(out, kind, cfg, seed, task, split, base, base_key, tokenizer, 
             shutil.rmtree(tmp, ignore_errors=True)
         built.append(rel)
     elif not (final / SAMPLE_FILE).exists():  # a module built before samples were written
-        _atomic_write(final / SAMPLE_FILE, _jsonl(_variant_train(task, split, cfg, seed, variant)[: cfg.train_sample]))
+        atomic_write(final / SAMPLE_FILE, _jsonl(_variant_train(task, split, cfg, seed, variant)[: cfg.train_sample]))
     return {k: meta[k] for k in fields}
 
 

@@ -9,9 +9,11 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from lorahub_ray.evaluate import exact_match, generate, normalize
+from lorahub_ray.evaluate import exact_match, generate, load_model, normalize
 import lorahub_ray.zoo.build as build_module
+from lorahub_ray.cli import main as cli_main
 from lorahub_ray.zoo.build import build_zoo, load_manifest
+from lorahub_ray.zoo.check import check_specialists, fresh_examples
 from lorahub_ray.zoo.models import build_model, make_tokenizer
 from lorahub_ray.zoo.tasks import get_task, splits
 from actors.examples import tokenize_examples
@@ -208,3 +210,27 @@ def test_exact_match_normalisation_and_generation():
         assert exact_match(model, tok, examples, max_new_tokens=4).accuracy == 100.0
         examples[0]["output"] = "not " + preds[0]
         assert exact_match(model, tok, examples, max_new_tokens=4).accuracy == 50.0
+
+
+def test_specialist_check_scores_base_and_module_on_fresh_examples(zoo):
+    out, _ = zoo
+    result = check_specialists(out, "llama", examples=12, progress=False)
+    assert [row["task"] for row in result["tasks"]] == UPSTREAM
+    assert sorted(result["beat"] + result["tie"] + result["below"]) == sorted(UPSTREAM)
+    fresh = fresh_examples(get_task("lookup"), 0, 32, 5, 8, 12)
+    held = splits(get_task("lookup"), 0, 32, 5, 8)
+    assert len(fresh) == 12 and not {e["input"] for e in fresh} & {e["input"] for s in held.values() for e in s}
+    module, tokenizer = load_model(str(out / "llama/base"), out / "llama/modules/lookup")
+    by_hand = exact_match(module, tokenizer, fresh, max_new_tokens=16).accuracy / 100
+    row = result["tasks"][UPSTREAM.index("lookup")]
+    assert row["examples"] == 12 and row["module"] == by_hand
+
+
+def test_zoo_check_command_prints_and_writes_the_figures(zoo, tmp_path, capsys):
+    out, _ = zoo
+    assert cli_main(["zoo", "check", "--zoo", str(out), "--examples", "4", "--output", str(tmp_path / "s.json")]) == 0
+    written = json.loads((tmp_path / "s.json").read_text())
+    assert written["t5"]["examples"] == 4 and len(written["t5"]["tasks"]) == len(UPSTREAM)
+    assert "modules beat the base" in capsys.readouterr().out
+    assert cli_main(["zoo", "check", "--zoo", str(tmp_path), "--examples", "4"]) == 2
+    assert "is not a zoo (no manifest.json)" in capsys.readouterr().err

@@ -1,0 +1,55 @@
+"""The specialist check: does every module beat its base model on its own task, on many fresh examples?
+
+The build scores the base and each module on the task's test split (100 examples by default). Near 100% that
+split cannot tell them apart: a base that errs once in 300 examples usually scores 100% on it. This check draws
+further examples of every upstream task, disjoint from all of the zoo's splits, and scores both on them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from lorahub_ray.errors import InputError
+from lorahub_ray.evaluate import exact_match, load_model
+
+from .build import META, load_manifest
+from .tasks import Example, Task, draw_distinct, get_task, splits, stable_seed
+
+
+def fresh_examples(task: Task, seed: int, n_train: int, n_fewshot: int, n_test: int, n: int) -> list[Example]:
+    """``n`` examples of ``task`` whose inputs are in none of the zoo's splits (built with these sizes)."""
+    taken = {ex["input"] for split in splits(task, seed, n_train, n_fewshot, n_test).values() for ex in split}
+    return draw_distinct(task, n, random.Random(stable_seed(task.name, seed, "specialist-check")), taken)
+
+
+def check_specialists(zoo: Path | str, kind: str = "t5", examples: int = 1000, batch_size: int = 64,
+                      progress: bool = True) -> dict:
+    """Score the base model of ``kind`` and each of its modules on ``examples`` fresh examples of the module's task.
+
+    Returns the accuracies (fractions) per task and which modules beat, tie with or fall below the base.
+    """
+    zoo = Path(zoo)
+    if not (zoo / "manifest.json").is_file():
+        raise InputError(f"{zoo} is not a zoo (no manifest.json); build one with `lorahub-ray zoo build --out DIR`")
+    manifest = load_manifest(zoo)
+    if kind not in manifest["bases"]:
+        raise InputError(f"the zoo at {zoo} has no {kind!r} base model; it has {sorted(manifest['bases'])}")
+    base_dir = str(zoo / manifest["bases"][kind])
+    cfg = json.loads((Path(base_dir) / META).read_text())["config"]
+    base, tokenizer = load_model(base_dir)
+    rows = []
+    for entry in tqdm(manifest["modules"][kind], desc=f"{kind} specialist check", disable=not progress):
+        task = get_task(entry["task"])
+        fresh = fresh_examples(task, manifest["seed"], cfg["n_train"], cfg["n_fewshot"], cfg["n_test"], examples)
+        score = {name: exact_match(model, tokenizer, fresh, batch_size=batch_size,
+                                   max_new_tokens=cfg["max_new_tokens"]).accuracy / 100
+                 for name, model in (("base", base), ("module", load_model(base_dir, zoo / entry["path"])[0]))}
+        rows.append({"task": task.name, "examples": len(fresh), **score})
+    return {"kind": kind, "examples": examples, "tasks": rows,
+              "beat": [r["task"] for r in rows if r["module"] > r["base"]],
+              "tie": [r["task"] for r in rows if r["module"] == r["base"]],
+              "below": [r["task"] for r in rows if r["module"] < r["base"]]}
