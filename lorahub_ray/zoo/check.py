@@ -1,7 +1,7 @@
-"""The specialist check: does every module beat its base model on its own task, on many fresh examples?
+"""The specialist check: does every module beat its base model on its own task, on many unseen examples?
 
 The build scores the base and each module on the task's test split (100 examples by default). Near 100% that
-split cannot tell them apart: a base that errs once in 300 examples usually scores 100% on it. This check draws
+split cannot tell them apart: a base that errs once in 300 examples usually scores 100% on it. This check adds
 further examples of every upstream task, disjoint from all of the zoo's splits, and scores both on them.
 """
 
@@ -20,10 +20,13 @@ from .build import META, load_manifest
 from .tasks import Example, Task, draw_distinct, get_task, splits, stable_seed
 
 
-def fresh_examples(task: Task, seed: int, n_train: int, n_fewshot: int, n_test: int, n: int) -> list[Example]:
-    """``n`` examples of ``task`` whose inputs are in none of the zoo's splits (built with these sizes)."""
-    taken = {ex["input"] for split in splits(task, seed, n_train, n_fewshot, n_test).values() for ex in split}
-    return draw_distinct(task, n, random.Random(stable_seed(task.name, seed, "specialist-check")), taken)
+def check_examples(task: Task, seed: int, n_train: int, n_fewshot: int, n_test: int, n: int) -> list[Example]:
+    """``n`` examples of ``task`` unseen in training: the zoo's test split (built with these sizes), then fresh
+    examples whose inputs are in none of its splits; fewer when the task has fewer distinct inputs."""
+    split = splits(task, seed, n_train, n_fewshot, n_test)
+    taken = {ex["input"] for part in split.values() for ex in part}
+    rng = random.Random(stable_seed(task.name, seed, "specialist-check"))
+    return (split["test"] + draw_distinct(task, n, rng, taken))[:n]
 
 
 def check_specialists(zoo: Path | str, kind: str = "t5", examples: int = 1000, batch_size: int = 64,
@@ -44,7 +47,7 @@ def check_specialists(zoo: Path | str, kind: str = "t5", examples: int = 1000, b
     rows = []
     for entry in tqdm(manifest["modules"][kind], desc=f"{kind} specialist check", disable=not progress):
         task = get_task(entry["task"])
-        fresh = fresh_examples(task, manifest["seed"], cfg["n_train"], cfg["n_fewshot"], cfg["n_test"], examples)
+        fresh = check_examples(task, manifest["seed"], cfg["n_train"], cfg["n_fewshot"], cfg["n_test"], examples)
         score = {name: exact_match(model, tokenizer, fresh, batch_size=batch_size,
                                    max_new_tokens=cfg["max_new_tokens"]).accuracy / 100
                  for name, model in (("base", base), ("module", load_model(base_dir, zoo / entry["path"])[0]))}

@@ -13,7 +13,7 @@ from lorahub_ray.evaluate import exact_match, generate, load_model, normalize
 import lorahub_ray.zoo.build as build_module
 from lorahub_ray.cli import main as cli_main
 from lorahub_ray.zoo.build import build_zoo, load_manifest
-from lorahub_ray.zoo.check import check_specialists, fresh_examples
+from lorahub_ray.zoo.check import check_examples, check_specialists
 from lorahub_ray.zoo.models import build_model, make_tokenizer
 from lorahub_ray.zoo.tasks import get_task, splits
 from actors.examples import tokenize_examples
@@ -217,9 +217,12 @@ def test_specialist_check_scores_base_and_module_on_fresh_examples(zoo):
     result = check_specialists(out, "llama", examples=12, progress=False)
     assert [row["task"] for row in result["tasks"]] == UPSTREAM
     assert sorted(result["beat"] + result["tie"] + result["below"]) == sorted(UPSTREAM)
-    fresh = fresh_examples(get_task("lookup"), 0, 32, 5, 8, 12)
+    fresh = check_examples(get_task("lookup"), 0, 32, 5, 8, 12)
     held = splits(get_task("lookup"), 0, 32, 5, 8)
-    assert len(fresh) == 12 and not {e["input"] for e in fresh} & {e["input"] for s in held.values() for e in s}
+    assert len(fresh) == 12 and fresh[:8] == held["test"]
+    assert not {e["input"] for e in fresh[8:]} & {e["input"] for s in held.values() for e in s}
+    few_inputs = check_examples(get_task("majority_bit"), 0, 1000, 5, 100, 1000)  # its splits use up its inputs
+    assert 100 <= len(few_inputs) < 1000 and len({e["input"] for e in few_inputs}) == len(few_inputs)
     module, tokenizer = load_model(str(out / "llama/base"), out / "llama/modules/lookup")
     by_hand = exact_match(module, tokenizer, fresh, max_new_tokens=16).accuracy / 100
     row = result["tasks"][UPSTREAM.index("lookup")]
