@@ -26,12 +26,12 @@ def check_examples(task: Task, seed: int, n_train: int, n_fewshot: int, n_test: 
     split = splits(task, seed, n_train, n_fewshot, n_test)
     taken = {ex["input"] for part in split.values() for ex in part}
     rng = random.Random(stable_seed(task.name, seed, "specialist-check"))
-    return (split["test"] + draw_distinct(task, n, rng, taken))[:n]
+    return (split["test"] + draw_distinct(task, max(0, n - len(split["test"])), rng, taken))[:n]
 
 
 def check_specialists(zoo: Path | str, kind: str = "t5", examples: int = 1000, batch_size: int = 64,
                       progress: bool = True) -> dict:
-    """Score the base model of ``kind`` and each of its modules on ``examples`` fresh examples of the module's task.
+    """Score the base model of ``kind`` and each of its modules on ``examples`` unseen examples of the module's task.
 
     Returns the accuracies (fractions) per task and which modules beat, tie with or fall below the base.
     """
@@ -47,11 +47,11 @@ def check_specialists(zoo: Path | str, kind: str = "t5", examples: int = 1000, b
     rows = []
     for entry in tqdm(manifest["modules"][kind], desc=f"{kind} specialist check", disable=not progress):
         task = get_task(entry["task"])
-        fresh = check_examples(task, manifest["seed"], cfg["n_train"], cfg["n_fewshot"], cfg["n_test"], examples)
-        score = {name: exact_match(model, tokenizer, fresh, batch_size=batch_size,
+        unseen = check_examples(task, manifest["seed"], cfg["n_train"], cfg["n_fewshot"], cfg["n_test"], examples)
+        score = {name: exact_match(model, tokenizer, unseen, batch_size=batch_size,
                                    max_new_tokens=cfg["max_new_tokens"]).accuracy / 100
                  for name, model in (("base", base), ("module", load_model(base_dir, zoo / entry["path"])[0]))}
-        rows.append({"task": task.name, "examples": len(fresh), **score})
+        rows.append({"task": task.name, "examples": len(unseen), **score})
     return {"kind": kind, "examples": examples, "tasks": rows,
               "beat": [r["task"] for r in rows if r["module"] > r["base"]],
               "tie": [r["task"] for r in rows if r["module"] == r["base"]],
