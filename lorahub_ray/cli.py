@@ -100,10 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     check = zoo_commands.add_parser("check", help="does every module beat its base model on its own task? "
-                                                  "(scored on fresh examples, disjoint from the zoo's splits)")
+                                                  "(scored on examples unseen in training)")
     check.add_argument("--zoo", default=None, help="zoo directory (default: as the demo's)")
     check.add_argument("--kinds", nargs="+", choices=["t5", "llama"], default=["t5"])
-    check.add_argument("--examples", type=int, default=1000, help="fresh examples per task")
+    check.add_argument("--examples", type=int, default=1000,
+                       help="unseen examples per task (fewer if a task has too few distinct inputs)")
     check.add_argument("--output", default=None, help="also write the figures to this JSON file")
     add_tune_command(commands)
     return parser
@@ -180,9 +181,10 @@ def _zoo_check(args: argparse.Namespace) -> None:
     results = {}
     for kind in args.kinds:
         result = results[kind] = check_specialists(directory, kind, examples=args.examples)
-        print(f"{kind}: exact match on {args.examples} fresh examples of each module's own task")
+        print(f"{kind}: exact match on up to {args.examples} unseen examples of each module's own task")
         for row in result["tasks"]:
-            print(f"  {row['task']:18s} base {100 * row['base']:5.1f}  module {100 * row['module']:5.1f}")
+            print(f"  {row['task']:18s} base {100 * row['base']:5.1f}  module {100 * row['module']:5.1f}"
+                  f"  ({row['examples']} examples)")
         print(f"{kind}: {len(result['beat'])} of {len(result['tasks'])} modules beat the base; "
               f"tie: {', '.join(result['tie']) or 'none'}; below: {', '.join(result['below']) or 'none'}")
     if args.output:

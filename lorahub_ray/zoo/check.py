@@ -42,6 +42,8 @@ def check_specialists(zoo: Path | str, kind: str = "t5", examples: int = 1000, b
     if kind not in manifest["bases"]:
         raise InputError(f"the zoo at {zoo} has no {kind!r} base model; it has {sorted(manifest['bases'])}")
     base_dir = str(zoo / manifest["bases"][kind])
+    if not (Path(base_dir) / META).is_file():
+        raise InputError(f"{base_dir} is not a base model built by `lorahub-ray zoo build` (no {META})")
     cfg = json.loads((Path(base_dir) / META).read_text())["config"]
     base, tokenizer = load_model(base_dir)
     rows = []
@@ -53,6 +55,6 @@ def check_specialists(zoo: Path | str, kind: str = "t5", examples: int = 1000, b
                  for name, model in (("base", base), ("module", load_model(base_dir, zoo / entry["path"])[0]))}
         rows.append({"task": task.name, "examples": len(unseen), **score})
     return {"kind": kind, "examples": examples, "tasks": rows,
-              "beat": [r["task"] for r in rows if r["module"] > r["base"]],
-              "tie": [r["task"] for r in rows if r["module"] == r["base"]],
-              "below": [r["task"] for r in rows if r["module"] < r["base"]]}
+            "beat": [r["task"] for r in rows if r["module"] > r["base"]],
+            "tie": [r["task"] for r in rows if r["module"] == r["base"]],
+            "below": [r["task"] for r in rows if r["module"] < r["base"]]}

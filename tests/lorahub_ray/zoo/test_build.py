@@ -237,3 +237,6 @@ def test_zoo_check_command_prints_and_writes_the_figures(zoo, tmp_path, capsys):
     assert "modules beat the base" in capsys.readouterr().out
     assert cli_main(["zoo", "check", "--zoo", str(tmp_path), "--examples", "4"]) == 2
     assert "is not a zoo (no manifest.json)" in capsys.readouterr().err
+    (tmp_path / "manifest.json").write_text(json.dumps({"bases": {"t5": "t5/base"}, "modules": {"t5": []}, "seed": 0}))
+    assert cli_main(["zoo", "check", "--zoo", str(tmp_path)]) == 2
+    assert "is not a base model built by `lorahub-ray zoo build`" in capsys.readouterr().err
