@@ -37,8 +37,8 @@ from lorahub_ray.evaluate import exact_match
 from lorahub_ray.prefilter import SAMPLE_FILE
 
 from .models import KINDS, LLAMA_PRESETS, LORA_TARGETS, T5_PRESETS, build_model, make_tokenizer, save_base
-from .tasks import (Task, draw_distinct, get_task, heldout_tasks, instruction_words, reword, splits, stable_seed,
-                    upstream_tasks)
+from .tasks import (Task, dev_examples, draw_distinct, get_task, heldout_tasks, instruction_words, reword, splits,
+                    stable_seed, upstream_tasks)
 from .train import train_base, train_lora
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "ZooSize",
     "build_zoo",
     "load_manifest",
+    "train_specialist",
 ]
 
 ZOO_VERSION = 1  # bump when training code changes so that cached artifacts are rebuilt
@@ -60,13 +61,18 @@ class ZooSize:
 
     model: str
     base_steps: int
-    module_steps: int
+    module_steps: int  # a module's first training length; see ``module_doublings``
     llama_base_steps: int | None = None  # the decoder-only base fits the mixture faster; None: base_steps
     base_batch: int = 32
     module_batch: int = 32
     base_lr: float = 1e-3
     module_lr: float = 3e-3
     rank: int = 8
+    # A module that does not beat its base on ``n_dev`` unseen examples of its task (the dev examples) is trained
+    # again from the start with twice the steps, at most ``module_doublings`` times (not when the base is perfect
+    # on them; variants are not checked).
+    n_dev: int = 300
+    module_doublings: int = 2
     instruction_noise: float = 0.25  # share of module training examples with a random instruction
     n_train: int = 1000
     n_fewshot: int = 5
@@ -84,7 +90,7 @@ class ZooSize:
 _DEFAULT = ZooSize(model="default", base_steps=4000, llama_base_steps=1500, module_steps=150)
 SIZES: dict[str, ZooSize] = {
     "tiny": ZooSize(model="tiny", base_steps=30, module_steps=10, base_batch=16, module_batch=16, rank=4,
-                    n_train=64, n_test=16),
+                    n_train=64, n_test=16, n_dev=16),
     "default": _DEFAULT,
     "large": dataclasses.replace(_DEFAULT, variants=5),  # the default zoo plus 5 variants per task: 216 modules
 }
@@ -141,11 +147,16 @@ class _EvalCache:
         data = json.loads(path.read_text()) if path.exists() else {}
         self.acc: dict[str, float] = data.get("accuracy", {}) if data.get("base") == key else {}
 
-    def get(self, model, tokenizer, task: str, examples, max_new_tokens: int) -> float:
-        if task not in self.acc:
-            self.acc[task] = exact_match(model, tokenizer, examples, max_new_tokens=max_new_tokens).accuracy / 100
+    def get(self, model, tokenizer, name: str, examples, max_new_tokens: int) -> float:
+        """The base's accuracy on ``examples``, cached under ``name`` (a task, or ``dev/<task>``)."""
+        if name not in self.acc:
+            self.acc[name] = _accuracy(model, tokenizer, examples, max_new_tokens)
             atomic_write(self.path, json.dumps({"base": self.key, "accuracy": self.acc}, indent=1, sort_keys=True))
-        return self.acc[task]
+        return self.acc[name]
+
+
+def _accuracy(model, tokenizer, examples, max_new_tokens: int, batch_size: int = 64) -> float:
+    return exact_match(model, tokenizer, examples, batch_size=batch_size, max_new_tokens=max_new_tokens).accuracy / 100
 
 
 def _select(tasks: Sequence[str] | None) -> tuple[list[Task], list[Task]]:
@@ -208,7 +219,8 @@ def build_zoo(
     for kind in kinds:
         base_rel, base, base_key = _build_base(out, kind, cfg, seed, upstream, data, tokenizer, progress, built)
         bases[kind] = base_rel
-        cache = _EvalCache(out / kind / "base_eval.json", _fingerprint(base=base_key, n=cfg.n_test, t=cfg.max_new_tokens))
+        cache = _EvalCache(out / kind / "base_eval.json",
+                           _fingerprint(base=base_key, n=cfg.n_test, dev=cfg.n_dev, t=cfg.max_new_tokens))
         modules[kind] = []
         bar = tqdm(upstream, desc=f"{kind} modules", disable=not progress)
         for task in bar:
@@ -273,30 +285,58 @@ def _variant_train(task: Task, split: dict, cfg: ZooSize, seed: int, variant: in
     return draw_distinct(task, cfg.n_train, random.Random(stable_seed(task.name, seed, f"train-v{variant}")), taken)
 
 
+def train_specialist(train, score, base_dev: float | None, steps: int, doublings: int):
+    """Train a module with ``train(steps) -> (model, loss)``; while ``score(model)`` (its dev accuracy) does not beat
+    ``base_dev``, train again from the start with twice the steps, at most ``doublings`` times. No dev examples
+    (``base_dev`` None) or a perfect base leave the first training as it is.
+
+    Returns (model, loss, steps, dev accuracy or None).
+    """
+    while True:
+        model, loss = train(steps)
+        dev = None if base_dev is None else score(model)
+        if dev is None or dev > base_dev or base_dev >= 1.0 or doublings == 0:
+            return model, loss, steps, dev
+        steps, doublings = steps * 2, doublings - 1
+
+
+MODULE_FIELDS = ("task", "path", "train_size", "steps", "final_loss", "base_accuracy_on_task",
+                 "module_accuracy_on_task", "dev_size", "base_accuracy_on_dev", "module_accuracy_on_dev")
+
+
 def _build_module(out, kind, cfg, seed, task, split, base, base_key, tokenizer, cache, progress, built,
                   variant: int = 0) -> dict:
     name = task.name if variant == 0 else f"{task.name}-v{variant}"
     rel = f"{kind}/modules/{name}"
     final = out / rel
     steps = cfg.module_steps if variant == 0 else cfg.variant_steps
+    n_dev = cfg.n_dev if variant == 0 else 0  # variants are not scored (generation is most of their build time)
     key = _fingerprint(base=base_key, task=task.name, steps=steps, batch=cfg.module_batch,
                        lr=cfg.module_lr, rank=cfg.rank, noise=cfg.instruction_noise, n_test=cfg.n_test, seed=seed,
-                       **({"variant": variant} if variant else {}))
-    fields = ("task", "path", "train_size", "final_loss", "base_accuracy_on_task", "module_accuracy_on_task")
+                       **({"variant": variant} if variant else {"dev": n_dev, "doublings": cfg.module_doublings}))
     meta = _read_meta(final)
     if meta is None or meta.get("key") != key:
         train_examples = _variant_train(task, split, cfg, seed, variant)
         rng = random.Random(stable_seed("reword", name, seed))
         words = instruction_words()
         train = [reword(e, task, rng, words) if rng.random() < cfg.instruction_noise else e for e in train_examples]
-        peft_model, loss = train_lora(base, tokenizer, train, LORA_TARGETS[kind], cfg.rank, steps,
-                                      cfg.module_batch, cfg.module_lr, stable_seed("module", kind, name, seed) % 2**31,
-                                      progress, desc=name)
-        meta = {"key": key, "task": task.name, "path": rel, "train_size": len(train_examples), "final_loss": loss,
+        dev = dev_examples(task, seed, split, n_dev)
+        base_dev = cache.get(base, tokenizer, f"dev/{task.name}", dev, cfg.max_new_tokens) if dev else None
+
+        def fit(n_steps: int):
+            return train_lora(base, tokenizer, train, LORA_TARGETS[kind], cfg.rank, n_steps, cfg.module_batch,
+                              cfg.module_lr, stable_seed("module", kind, name, seed) % 2**31, progress,
+                              desc=f"{name} ({n_steps} steps)")
+
+        peft_model, loss, steps, module_dev = train_specialist(
+            fit, lambda model: _accuracy(model, tokenizer, dev, cfg.max_new_tokens), base_dev, steps,
+            cfg.module_doublings if variant == 0 else 0)
+        meta = {"key": key, "task": task.name, "path": rel, "train_size": len(train_examples), "steps": steps,
+                "final_loss": loss,
                 "base_accuracy_on_task": cache.get(base, tokenizer, task.name, split["test"], cfg.max_new_tokens),
-                # variants are not scored (generation is most of a variant's build time)
-                "module_accuracy_on_task": None if variant else exact_match(
-                    peft_model, tokenizer, split["test"], max_new_tokens=cfg.max_new_tokens).accuracy / 100}
+                "module_accuracy_on_task": None if variant else _accuracy(peft_model, tokenizer, split["test"],
+                                                                          cfg.max_new_tokens),
+                "dev_size": len(dev), "base_accuracy_on_dev": base_dev, "module_accuracy_on_dev": module_dev}
         tmp = _tmp_dir(final)
         try:
             peft_model.save_pretrained(tmp)
@@ -309,7 +349,7 @@ def _build_module(out, kind, cfg, seed, task, split, base, base_key, tokenizer, 
         built.append(rel)
     elif not (final / SAMPLE_FILE).exists():  # a module built before samples were written
         atomic_write(final / SAMPLE_FILE, _jsonl(_variant_train(task, split, cfg, seed, variant)[: cfg.train_sample]))
-    return {k: meta[k] for k in fields}
+    return {k: meta.get(k) for k in MODULE_FIELDS}
 
 
 def load_manifest(out: Path | str = DEFAULT_ZOO_DIR) -> dict:

@@ -2,7 +2,8 @@
 
 The build scores the base and each module on the task's test split (100 examples by default). Near 100% that
 split cannot tell them apart: a base that errs once in 300 examples usually scores 100% on it. This check adds
-further examples of every upstream task, disjoint from all of the zoo's splits, and scores both on them.
+further examples of every upstream task, disjoint from all of the zoo's splits and from the dev examples on which
+the build chose each module's training length, and scores both on them.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ from lorahub_ray.errors import InputError
 from lorahub_ray.evaluate import exact_match, load_model
 
 from .build import META, load_manifest
-from .tasks import Example, Task, draw_distinct, get_task, splits, stable_seed
+from .tasks import Example, Task, dev_examples, draw_distinct, get_task, splits, stable_seed
 
 
-def check_examples(task: Task, seed: int, n_train: int, n_fewshot: int, n_test: int, n: int) -> list[Example]:
+def check_examples(task: Task, seed: int, n_train: int, n_fewshot: int, n_test: int, n: int,
+                   n_dev: int = 0) -> list[Example]:
     """``n`` examples of ``task`` unseen in training: the zoo's test split (built with these sizes), then fresh
-    examples whose inputs are in none of its splits; fewer when the task has fewer distinct inputs."""
+    examples whose inputs are in none of its splits nor among the ``n_dev`` dev examples that chose the module's
+    training length; fewer when the task has fewer distinct inputs."""
     split = splits(task, seed, n_train, n_fewshot, n_test)
     taken = {ex["input"] for part in split.values() for ex in part}
+    taken |= {ex["input"] for ex in dev_examples(task, seed, split, n_dev)}
     rng = random.Random(stable_seed(task.name, seed, "specialist-check"))
     return (split["test"] + draw_distinct(task, max(0, n - len(split["test"])), rng, taken))[:n]
 
@@ -49,7 +53,8 @@ def check_specialists(zoo: Path | str, kind: str = "t5", examples: int = 1000, b
     rows = []
     for entry in tqdm(manifest["modules"][kind], desc=f"{kind} specialist check", disable=not progress):
         task = get_task(entry["task"])
-        unseen = check_examples(task, manifest["seed"], cfg["n_train"], cfg["n_fewshot"], cfg["n_test"], examples)
+        unseen = check_examples(task, manifest["seed"], cfg["n_train"], cfg["n_fewshot"], cfg["n_test"], examples,
+                                cfg.get("n_dev", 0))
         score = {name: exact_match(model, tokenizer, unseen, batch_size=batch_size,
                                    max_new_tokens=cfg["max_new_tokens"]).accuracy / 100
                  for name, model in (("base", base), ("module", load_model(base_dir, zoo / entry["path"])[0]))}

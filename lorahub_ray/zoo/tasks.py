@@ -336,6 +336,13 @@ def splits(task: Task, seed: int = 0, n_train: int = 1000, n_fewshot: int = 5, n
     return {"train": train, "fewshot": fewshot, "test": test}
 
 
+def dev_examples(task: Task, seed: int, split: dict[str, list[Example]], n: int) -> list[Example]:
+    """Up to ``n`` examples whose inputs are in no part of ``split`` (the task's `splits`): the build scores a
+    module and its base on them to decide whether the module needs more training steps."""
+    taken = {ex["input"] for part in split.values() for ex in part}
+    return draw_distinct(task, n, random.Random(stable_seed(task.name, seed, "dev")), taken)
+
+
 def instruction_words() -> list[str]:
     """The distinct words of all upstream instructions (punctuation stripped), in a fixed order."""
     words = (w.strip(":?") for t in _UPSTREAM for w in t.instruction.split())

@@ -12,10 +12,10 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 from lorahub_ray.evaluate import exact_match, generate, load_model, normalize
 import lorahub_ray.zoo.build as build_module
 from lorahub_ray.cli import main as cli_main
-from lorahub_ray.zoo.build import build_zoo, load_manifest
+from lorahub_ray.zoo.build import MODULE_FIELDS, build_zoo, load_manifest, train_specialist
 from lorahub_ray.zoo.check import check_examples, check_specialists
 from lorahub_ray.zoo.models import build_model, make_tokenizer
-from lorahub_ray.zoo.tasks import get_task, splits
+from lorahub_ray.zoo.tasks import dev_examples, get_task, splits
 from actors.examples import tokenize_examples
 from lorahub_ray.zoo.train import train_lora
 
@@ -46,11 +46,14 @@ def test_manifest_format(zoo):
         entries = on_disk["modules"][kind]
         assert [e["task"] for e in entries] == UPSTREAM
         for e in entries:
-            assert set(e) == {"task", "path", "train_size", "final_loss", "base_accuracy_on_task",
-                              "module_accuracy_on_task"}
+            assert tuple(e) == MODULE_FIELDS
             assert e["path"] == f"{kind}/modules/{e['task']}" and e["train_size"] == 32
             assert 0.0 <= e["base_accuracy_on_task"] <= 1.0 and 0.0 <= e["module_accuracy_on_task"] <= 1.0
-            assert e["final_loss"] > 0
+            assert e["final_loss"] > 0 and e["dev_size"] == 16
+            base_dev, module_dev = e["base_accuracy_on_dev"], e["module_accuracy_on_dev"]
+            beats = module_dev > base_dev or base_dev == 1.0
+            # 3 steps, doubled (at most twice) only while the module does not beat the base on the dev examples
+            assert e["steps"] == 12 or (beats and e["steps"] in (3, 6)), e
     assert [h["task"] for h in on_disk["heldout"]] == HELDOUT
     for h in on_disk["heldout"]:
         fewshot = [json.loads(line) for line in (out / h["fewshot"]).read_text().splitlines()]
@@ -91,6 +94,41 @@ def test_modules_load_with_peft_and_change_the_model(zoo, kind, targets):
     with torch.no_grad():
         after = model(**batch).logits
     assert not torch.allclose(before, after), "a trained module must change the base model's output"
+
+
+def test_dev_examples_are_unseen_and_kept_out_of_the_check(zoo):
+    task = get_task("lookup")
+    split = splits(task, 0, 32, 5, 8)
+    dev = dev_examples(task, 0, split, 16)
+    assert len(dev) == 16 and dev == dev_examples(task, 0, split, 16)
+    assert not {e["input"] for e in dev} & {e["input"] for part in split.values() for e in part}
+    fresh = check_examples(task, 0, 32, 5, 8, 40, n_dev=16)
+    assert not {e["input"] for e in fresh} & {e["input"] for e in dev}
+    out, _ = zoo
+    base, tokenizer = load_model(str(out / "t5/base"))
+    cached = json.loads((out / "t5/base_eval.json").read_text())["accuracy"]["dev/lookup"]
+    assert cached == exact_match(base, tokenizer, dev, max_new_tokens=16).accuracy / 100
+
+
+def test_train_specialist_doubles_the_steps_while_the_module_does_not_beat_the_base():
+    def run(dev_by_steps: dict[int, float], base_dev: float | None, doublings: int = 2):
+        trained = []
+
+        def train(steps):
+            trained.append(steps)
+            return f"model@{steps}", 1.0 / steps
+
+        _, loss, steps, dev = train_specialist(train, lambda m: dev_by_steps[int(m.split("@")[1])], base_dev, 150,
+                                               doublings)
+        assert loss == 1.0 / steps
+        return trained, dev
+
+    assert run({150: 0.5}, 0.4) == ([150], 0.5)
+    assert run({150: 0.4, 300: 0.41}, 0.4) == ([150, 300], 0.41), "a tie is not a specialist"
+    assert run({150: 0.3, 300: 0.35, 600: 0.38}, 0.4) == ([150, 300, 600], 0.38), "at most `doublings` retrains"
+    assert run({150: 0.3, 300: 0.35}, 0.4, doublings=1) == ([150, 300], 0.35)
+    assert run({150: 1.0}, 1.0) == ([150], 1.0), "nothing to beat when the base is perfect"
+    assert run({}, None) == ([150], None), "no dev examples: trained once, never scored"
 
 
 def test_second_build_is_cached(zoo):
