@@ -80,6 +80,8 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, inputs: Seque
 def exact_match(model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples: Sequence[dict[str, str]],
                 batch_size: int = 16, max_new_tokens: int = 256) -> EvalReport:
     """Exact-match accuracy of greedy generation on ``{"input", "output"}`` examples."""
+    if not examples:
+        raise InputError("exact_match needs at least one {\"input\", \"output\"} example; got none")
     predictions = generate(model, tokenizer, [ex["input"] for ex in examples], batch_size, max_new_tokens)
     rows = [
         {"input": ex["input"], "output": ex["output"], "prediction": pred,

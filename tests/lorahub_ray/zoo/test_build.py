@@ -9,6 +9,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from lorahub_ray.errors import InputError
 from lorahub_ray.evaluate import exact_match, generate, load_model, normalize
 import lorahub_ray.zoo.build as build_module
 from lorahub_ray.cli import main as cli_main
@@ -248,6 +249,8 @@ def test_exact_match_normalisation_and_generation():
         assert exact_match(model, tok, examples, max_new_tokens=4).accuracy == 100.0
         examples[0]["output"] = "not " + preds[0]
         assert exact_match(model, tok, examples, max_new_tokens=4).accuracy == 50.0
+        with pytest.raises(InputError, match="at least one"):
+            exact_match(model, tok, [], max_new_tokens=4)
 
 
 def test_specialist_check_scores_base_and_module_on_fresh_examples(zoo):
