@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import lorahub_search, load_shards, measured_speedup, parse_shard, save_shard  # noqa: E402
+from protocol import lorahub_search, load_shards, measured_speedup, parse_shard, remove_shards, save_shard  # noqa: E402
 from quality import cases  # noqa: E402
 
 from lorahub_ray.demo import ensure_zoo  # noqa: E402
@@ -114,6 +114,8 @@ def main() -> None:
         "wall_seconds": max(walls), "processes": len(walls), "measured_2_actor_speedup": speedup,
         "summary": summary, "runs": rows}, indent=1) + "\n")
     plot(summary, RESULTS / f"{name}.png")
+    if args.combine is not None:
+        remove_shards(RESULTS, name, args.combine)
     print(f"wrote {RESULTS / name}.json and .png")
 
 

@@ -170,12 +170,16 @@ def save_shard(results: Path, name: str, shard: tuple[int, int], rows: list[dict
 
 
 def load_shards(results: Path, name: str, count: int) -> tuple[list[dict], list[float]]:
-    """Every shard's rows in case order and each shard's wall time; the shard files are removed once read."""
+    """Every shard's rows in case order and each shard's wall time (the files stay until `remove_shards`)."""
     parts = [shard_file(results, name, i, count) for i in range(count)]
     if missing := [str(p) for p in parts if not p.exists()]:
         raise SystemExit(f"missing shard results: {missing}")
     loaded = [json.loads(p.read_text()) for p in parts]
-    for p in parts:
-        p.unlink()
     rows = sorted((row for part in loaded for row in part["rows"]), key=lambda row: row["case"])
     return rows, [part["wall_seconds"] for part in loaded]
+
+
+def remove_shards(results: Path, name: str, count: int) -> None:
+    """Remove the shard files once the combined results are written (a failed combine can then be rerun)."""
+    for i in range(count):
+        shard_file(results, name, i, count).unlink(missing_ok=True)

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import Case, load_shards, measured_speedup, parse_shard, run_methods, save_shard  # noqa: E402
+from protocol import Case, load_shards, measured_speedup, parse_shard, remove_shards, run_methods, save_shard  # noqa: E402
 
 from lorahub_ray.demo import PREBUILT_ZOO_DIR, ensure_zoo  # noqa: E402
 from lorahub_ray.zoo.build import DEFAULT_ZOO_DIR, build_zoo  # noqa: E402
@@ -167,6 +167,8 @@ def main() -> None:
         "methods": summary, "runs": runs,
     }, indent=1) + "\n")
     plot(summary, convergence, RESULTS / f"quality{suffix}.png")
+    if args.combine is not None:
+        remove_shards(RESULTS, f"quality{suffix}", args.combine)
     print(f"wrote {RESULTS}/quality{suffix}.json and .png")
 
 

@@ -34,4 +34,6 @@ def test_shards_split_the_cases_and_combine_in_case_order(tmp_path):
     protocol.save_shard(tmp_path, "quality", (0, 2), [{"case": 0}, {"case": 2}], 7.0)
     rows, walls = protocol.load_shards(tmp_path, "quality", 2)
     assert [row["case"] for row in rows] == [0, 1, 2, 3] and walls == [7.0, 5.0]
-    assert not list(tmp_path.iterdir()), "shard files are removed once combined"
+    assert protocol.load_shards(tmp_path, "quality", 2)[0] == rows, "combining can be repeated until removed"
+    protocol.remove_shards(tmp_path, "quality", 2)
+    assert not list(tmp_path.iterdir()), "shard files are removed once the combined results are written"
