@@ -69,8 +69,9 @@ def run_demo(zoo: str | Path | None = None, task: str | None = None, output: str
     print(f"\nsearch: {result.evaluations} evaluations in {seconds:.1f}s, best score {result.best_score:.4f}")
     print(f"exact match on {len(test)} test examples:  zero-shot {zero_shot.accuracy:5.1f}%   "
           f"LoraHub {composed.accuracy:5.1f}%")
-    print("top module weights:")
-    for name, weight in sorted(result.weights.items(), key=lambda kv: -abs(kv[1]))[:5]:
+    nonzero = sorted(((n, w) for n, w in result.weights.items() if round(w, 3) != 0), key=lambda kv: -abs(kv[1]))
+    print(f"top module weights ({len(result.weights) - len(nonzero)} of {len(result.weights)} at 0):")
+    for name, weight in nonzero[:5]:
         print(f"  {weight:+.3f}  {Path(name).name}")
     print(f"adapter written to {result.adapter_dir}")
     return {"task": entry["task"], "zero_shot": zero_shot.accuracy, "composed": composed.accuracy,

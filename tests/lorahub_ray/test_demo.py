@@ -25,6 +25,10 @@ def test_demo_searches_a_held_out_task_and_reports_both_accuracies(tiny_zoo, tmp
     assert 0 <= figures["zero_shot"] <= 100 and 0 <= figures["composed"] <= 100
     assert len(figures["weights"]) == 3 and (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
     assert "zero-shot" in printed and "LoraHub" in printed and str(tmp_path / "out" / "adapter") in printed
+    shown = [line for line in printed.splitlines() if line.startswith("  ") and line.split()[-1] in
+             {name.rsplit("/", 1)[-1] for name in figures["weights"]}]
+    zeros = sum(round(w, 3) == 0 for w in figures["weights"].values())
+    assert f"({zeros} of 3 at 0)" in printed and len(shown) == min(5, 3 - zeros)
 
 
 def test_demo_command_rejects_an_unknown_task(tiny_zoo, capsys):
