@@ -63,22 +63,29 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return ids
 
 
+def example_ids(tokenizer: PreTrainedTokenizerBase, example: dict[str, str],
+                encoder_decoder: bool) -> tuple[list[int], list[int]]:
+    """One example's unpadded token ids: (encoder input, target) or (whole sequence, aligned labels)."""
+    if encoder_decoder:
+        return tokenizer(example["input"])["input_ids"], tokenizer(example["output"])["input_ids"]
+    prompt = prompt_ids(tokenizer, example["input"])
+    answer = tokenizer(example["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt + answer, [IGNORE] * len(prompt) + answer
+
+
+def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, encoder_decoder: bool) -> ExampleBatch:
+    """Pad `example_ids` rows into one `ExampleBatch`."""
+    inputs = [row[0] for row in rows]
+    labels = [row[1] for row in rows]
+    return ExampleBatch(_pad(inputs, pad_id), _mask(inputs), _pad(labels, IGNORE), encoder_decoder)
+
+
 def tokenize_examples(
     tokenizer: PreTrainedTokenizerBase, examples: Sequence[dict[str, str]], encoder_decoder: bool
 ) -> ExampleBatch:
     """Tokenise ``{"input", "output"}`` examples into one padded `ExampleBatch`."""
-    pad = tokenizer.pad_token_id
-    if encoder_decoder:
-        inputs = [tokenizer(ex["input"])["input_ids"] for ex in examples]
-        targets = [tokenizer(ex["output"])["input_ids"] for ex in examples]
-        return ExampleBatch(_pad(inputs, pad), _mask(inputs), _pad(targets, IGNORE), True)
-    sequences, labels = [], []
-    for ex in examples:
-        prompt = prompt_ids(tokenizer, ex["input"])
-        answer = tokenizer(ex["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        sequences.append(prompt + answer)
-        labels.append([IGNORE] * len(prompt) + answer)
-    return ExampleBatch(_pad(sequences, pad), _mask(sequences), _pad(labels, IGNORE), False)
+    rows = [example_ids(tokenizer, ex, encoder_decoder) for ex in examples]
+    return collate(rows, tokenizer.pad_token_id, encoder_decoder)
 
 
 def _mask(rows: Sequence[list[int]]) -> torch.Tensor:

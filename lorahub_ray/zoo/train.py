@@ -1,6 +1,6 @@
 """Training: the base model from scratch on the upstream mixture, and one PEFT LoRA module per upstream task.
 
-Examples are tokenised exactly as the core engine does for its loss (`actors.examples.tokenize_examples`):
+Examples are tokenised once, exactly as the core engine does for its loss (`actors.examples.example_ids`):
 encoder-decoder reads ``input`` (+eos) and predicts ``output`` (+eos); decoder-only reads the ``input``
 tokens as given followed by ``output`` tokens and eos, with the loss on the output and eos only.
 """
@@ -17,7 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from actors.examples import tokenize_examples
+from actors.examples import collate, example_ids
 
 LORA_INIT_SEED = 1234  # every module starts from the same LoRA initialisation (LoraHub's recipe)
 # T5 sees positions only through a scalar bias per head and distance bucket, initialised near 0; with AdamW's
@@ -26,6 +26,7 @@ LORA_INIT_SEED = 1234  # every module starts from the same LoRA initialisation (
 # achieve the same in the original T5 recipe).
 POSITION_BIAS_LR_MULT = 100.0
 Example = Mapping[str, str]
+TokenRow = tuple[list[int], list[int]]  # `example_ids` of one example
 
 
 def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -37,7 +38,7 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 def _fit(
     model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
+    pad_id: int,
     sample_batch,
     steps: int,
     lr: float,
@@ -46,7 +47,8 @@ def _fit(
     progress: bool,
     weight_decay: float = 0.0,
 ) -> float:
-    """AdamW with warmup + cosine decay on batches from ``sample_batch(rng)``; returns the mean loss of the last 10%."""
+    """AdamW with warmup + cosine decay on batches of `example_ids` rows from ``sample_batch(rng)``; returns the mean
+    loss of the last 10%."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -63,7 +65,7 @@ def _fit(
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, steps, lr, warmup) * group["scale"]
-        batch = tokenize_examples(tokenizer, sample_batch(rng), encoder_decoder)
+        batch = collate(sample_batch(rng), pad_id, encoder_decoder)
         loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -88,12 +90,13 @@ def train_base(
     progress: bool = True,
 ) -> float:
     """Train ``model`` in place on a uniform mixture of the tasks in ``data`` (task name -> examples)."""
-    pools = [list(v) for v in data.values() if v]
+    encoder_decoder = bool(model.config.is_encoder_decoder)
+    pools = [[example_ids(tokenizer, ex, encoder_decoder) for ex in v] for v in data.values() if v]
 
-    def sample(rng: random.Random) -> list[Example]:
+    def sample(rng: random.Random) -> list[TokenRow]:
         return [rng.choice(rng.choice(pools)) for _ in range(batch_size)]
 
-    return _fit(model, tokenizer, sample, steps, lr, seed, "base", progress, weight_decay=0.01)
+    return _fit(model, tokenizer.pad_token_id, sample, steps, lr, seed, "base", progress, weight_decay=0.01)
 
 
 def lora_config(target_modules: Sequence[str], rank: int) -> LoraConfig:
@@ -118,10 +121,10 @@ def train_lora(
     model = copy.deepcopy(base)
     torch.manual_seed(LORA_INIT_SEED)  # identical initial A matrices for every module
     peft_model = get_peft_model(model, lora_config(target_modules, rank))
-    pool = list(examples)
+    pool = [example_ids(tokenizer, ex, bool(base.config.is_encoder_decoder)) for ex in examples]
 
-    def sample(rng: random.Random) -> list[Example]:
+    def sample(rng: random.Random) -> list[TokenRow]:
         return [rng.choice(pool) for _ in range(batch_size)]
 
-    loss = _fit(peft_model, tokenizer, sample, steps, lr, seed, desc, progress)
+    loss = _fit(peft_model, tokenizer.pad_token_id, sample, steps, lr, seed, desc, progress)
     return peft_model, loss
