@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 IGNORE = -100
+TokenRow = tuple[list[int], list[int]]  # one example's `example_ids`
 
 
 @dataclass
@@ -64,7 +65,7 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 def example_ids(tokenizer: PreTrainedTokenizerBase, example: dict[str, str],
-                encoder_decoder: bool) -> tuple[list[int], list[int]]:
+                encoder_decoder: bool) -> TokenRow:
     """One example's unpadded token ids: (encoder input, target) or (whole sequence, aligned labels)."""
     if encoder_decoder:
         return tokenizer(example["input"])["input_ids"], tokenizer(example["output"])["input_ids"]
@@ -73,7 +74,7 @@ def example_ids(tokenizer: PreTrainedTokenizerBase, example: dict[str, str],
     return prompt + answer, [IGNORE] * len(prompt) + answer
 
 
-def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, encoder_decoder: bool) -> ExampleBatch:
+def collate(rows: Sequence[TokenRow], pad_id: int, encoder_decoder: bool) -> ExampleBatch:
     """Pad `example_ids` rows into one `ExampleBatch`."""
     inputs = [row[0] for row in rows]
     labels = [row[1] for row in rows]

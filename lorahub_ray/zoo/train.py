@@ -17,7 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from actors.examples import collate, example_ids
+from actors.examples import TokenRow, collate, example_ids
 
 LORA_INIT_SEED = 1234  # every module starts from the same LoRA initialisation (LoraHub's recipe)
 # T5 sees positions only through a scalar bias per head and distance bucket, initialised near 0; with AdamW's
@@ -26,7 +26,6 @@ LORA_INIT_SEED = 1234  # every module starts from the same LoRA initialisation (
 # achieve the same in the original T5 recipe).
 POSITION_BIAS_LR_MULT = 100.0
 Example = Mapping[str, str]
-TokenRow = tuple[list[int], list[int]]  # `example_ids` of one example
 
 
 def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
