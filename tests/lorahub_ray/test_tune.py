@@ -139,12 +139,21 @@ def test_a_trial_that_fails_continues_from_its_checkpoint_to_the_uninterrupted_r
 
     config = {"base": t5_world["base"], "modules": t5_world["modules"], "examples": EXAMPLES, "budget": 12,
               "population": 3, "seed": 11, "actors": 0}
+    generations = []
+
+    class RecordGenerations(tune.Callback):
+        """Every generation the trial reports, as the driver receives it (Tune's result.json is rewritten from
+        storage when a trial restarts, so it may lack the reports of the failed attempt)."""
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            generations.append(result["generation"])
+
     tuner = tune.Tuner(with_pool_resources(fails_after_two_generations), param_space=config,
                        run_config=tune.RunConfig(storage_path=str(tmp_path), name="restore", verbose=0,
+                                                 callbacks=[RecordGenerations()],
                                                  failure_config=tune.FailureConfig(max_failures=1)))
     [result] = tuner.fit()
     assert result.error is None, result.error
-    generations = [r["generation"] for r in _reports(result.path)]
     assert generations == [1, 2, 3, 4], generations  # continued from generation 2, not started over
     saved = json.loads((Path(result.path) / "search" / "result.json").read_text())
     uninterrupted = run(trial_settings(config)[0], PoolConfig(num_actors=0), progress=False)
