@@ -41,6 +41,18 @@ def _pool_config(args: argparse.Namespace) -> PoolConfig:
                       candidates_per_pass=args.candidates_per_pass)
 
 
+RESUMED_SETTINGS = ("budget", "optimizer", "population", "mode", "objective", "l1", "seed", "prefilter")
+
+
+class _Given(argparse.Action):
+    """Store the value and record that the flag was given (in ``given``), so that ``--resume`` can refuse it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = namespace.given | {self.dest}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorahub-ray", fromfile_prefix_chars="@",
                                      description="Gradient-free LoraHub composition of LoRA modules on a Ray actor pool. "
@@ -53,19 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--examples", help='JSONL file, one {"input": ..., "output": ...} per line')
     search.add_argument("--output", help="directory for adapter/ and result.json (new or empty); holds "
                                          "checkpoint.json while the search runs")
-    search.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR (its --output); "
-                                                        "takes its settings from DIR/checkpoint.json")
-    search.add_argument("--budget", type=int, default=40, help="evaluations, exactly (default 40)")
-    search.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=DEFAULT_OPTIMIZER)
-    search.add_argument("--population", type=int, default=None, help="candidates per generation (cma)")
-    search.add_argument("--mode", choices=["ab", "delta"], default="ab", help="composition (default ab = LoraHub)")
-    search.add_argument("--objective", choices=["default", "reference"], default="default")
-    search.add_argument("--l1", type=float, default=0.05, help="weight of the mean |w| penalty")
-    search.add_argument("--seed", type=int, default=42)
-    search.add_argument("--prefilter", metavar="NAME:K", default=None,
+    search.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR (its --output) "
+                                                        "with the settings and inputs in DIR/checkpoint.json")
+    search.set_defaults(given=frozenset())
+    search.add_argument("--budget", type=int, default=40, action=_Given, help="evaluations, exactly (default 40)")
+    search.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=DEFAULT_OPTIMIZER, action=_Given)
+    search.add_argument("--population", type=int, default=None, action=_Given,
+                        help="candidates per generation (cma)")
+    search.add_argument("--mode", choices=["ab", "delta"], default="ab", action=_Given,
+                        help="composition (default ab = LoraHub)")
+    search.add_argument("--objective", choices=["default", "reference"], default="default", action=_Given)
+    search.add_argument("--l1", type=float, default=0.05, action=_Given, help="weight of the mean |w| penalty")
+    search.add_argument("--seed", type=int, default=42, action=_Given)
+    search.add_argument("--prefilter", metavar="NAME:K", default=None, action=_Given,
                         help="narrow --modules to K candidates first: random:K, loss:K or similarity:K")
     search.add_argument("--merge", action="store_true", help="also write the merged full model to OUTPUT/merged")
-    search.add_argument("--overwrite", action="store_true", help="replace an OUTPUT that already holds files")
+    search.add_argument("--overwrite", action="store_true",
+                        help="replace the result of an earlier search in OUTPUT (lorahub-ray's own files only, "
+                             "once the new result is complete)")
     search.add_argument("--quiet", action="store_true", help="no progress bar")
     _pool_arguments(search)
 
@@ -114,9 +131,7 @@ def _search(args: argparse.Namespace) -> None:
     from lorahub_ray.run import resume, run
 
     if args.resume:
-        if args.base or args.modules or args.examples or args.output:
-            raise ConfigError("--resume takes the search's settings from its checkpoint; "
-                              "do not pass --base, --modules, --examples or --output with it")
+        _check_resume(args)
         result = resume(args.resume, _pool_config(args), merge=args.merge, progress=not args.quiet)
     else:
         missing = [f"--{name}" for name in ("base", "modules", "examples", "output") if not getattr(args, name)]
@@ -135,6 +150,22 @@ def _search(args: argparse.Namespace) -> None:
     for name, weight in sorted(result.weights.items(), key=lambda kv: -abs(kv[1]))[:10]:
         print(f"  {weight:+.3f}  {name}")
     print(f"adapter: {result.adapter_dir}\nresult:  {result.output / 'result.json'}")
+
+
+def _check_resume(args: argparse.Namespace) -> None:
+    """``--resume`` continues with the checkpoint's settings: refuse the flags it would otherwise ignore."""
+    from lorahub_ray.checkpoint import read_checkpoint
+
+    inputs = [f"--{name}" for name in ("base", "modules", "examples", "output", "overwrite") if getattr(args, name)]
+    if inputs:
+        raise ConfigError(f"--resume takes the search's settings and inputs from its checkpoint; do not pass "
+                          f"{', '.join(inputs)} with it")
+    saved = read_checkpoint(Path(args.resume))[0]
+    differing = [f"--{name} {getattr(args, name)} (the checkpoint has {getattr(saved, name)})"
+                 for name in RESUMED_SETTINGS if name in args.given and getattr(args, name) != getattr(saved, name)]
+    if differing:
+        raise ConfigError(f"--resume continues the search with the settings it started with; it cannot change "
+                          f"{'; '.join(differing)}. Drop the flag, or start a new search in another --output")
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -6,8 +6,6 @@ Read this file first: it wires data -> pool -> search -> export.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,12 +16,13 @@ from tqdm.auto import tqdm
 
 from actors import LoraStack, WorkerSpec
 from lorahub_ray.base import check_base
-from lorahub_ray.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from lorahub_ray.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from lorahub_ray.config import PoolConfig, RunConfig
 from lorahub_ray.data import load_examples
-from lorahub_ray.errors import ConfigError, InefficientSettingsWarning, WorkerError
+from lorahub_ray.errors import InefficientSettingsWarning, WorkerError
 from lorahub_ray.export import ADAPTER_DIR, MERGED_DIR, RESULT_FILE, write_adapter, write_json, write_merged
 from lorahub_ray.modules import ModuleEntry, check_compatible, index_module, stack_modules
+from lorahub_ray.output import MARKER, check_output, staged_result
 from lorahub_ray.pool import WorkerPool, ray_session
 from lorahub_ray.prefilter import PrefilterReport, PrefilterSpec, select
 from lorahub_ray.search import Evaluation, Search, minimize
@@ -62,7 +61,7 @@ class SearchResult:
 
     def to_dict(self) -> dict:
         return {
-            "weights": self.weights, "best_score": self.best_score, "best_loss": self.best_loss,
+            **MARKER, "weights": self.weights, "best_score": self.best_score, "best_loss": self.best_loss,
             "evaluations": self.evaluations, "config": self.config.to_dict(),
             "prefilter": self.prefilter.to_dict() if self.prefilter else None,
             "history": [e.to_dict() for e in self.history],
@@ -82,7 +81,9 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
             search runs it holds ``checkpoint.json``, rewritten after every generation (see `resume`).
             ``None`` writes nothing.
         merge: also write the base model with the adapter merged in.
-        overwrite: clear an ``output`` that already holds files (before the search starts).
+        overwrite: replace the result in an ``output`` that holds a previous lorahub-ray search (its
+            ``result.json`` or ``checkpoint.json``); the old result stays until the new one is complete, and only
+            the project's own files are removed. An ``output`` holding other files is refused.
         progress: show a progress bar.
         on_generation: called with the `Search` after each generation (after the checkpoint is written).
         history: evaluations of an interrupted search with this ``config``, to continue from.
@@ -91,14 +92,17 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
         The `SearchResult`; ``adapter/`` and ``result.json`` appear in ``output`` only once everything succeeded.
 
     Raises:
-        LoraHubRayError: bad settings or inputs (checked before anything is written), or a pool that cannot evaluate.
+        LoraHubRayError: bad settings or inputs, or an ``output`` that is shared (the current directory, a parent
+            of it, home or the root), someone else's or unwritable (all checked before anything is written), or a
+            pool that cannot evaluate.
     """
     pool = pool or PoolConfig()
     examples = load_examples(config.examples)
     entries = [index_module(name) for name in config.modules]
     check_compatible(entries)
     check_base(entries[0], config.base)
-    final = _check_output(output, overwrite, resuming=bool(history))
+    final = check_output(output, overwrite, resuming=bool(history))
+    inputs = fingerprint(config, entries) if final is not None else None
     prefilter = PrefilterSpec.parse(config.prefilter) if config.prefilter else None
     num_candidates = min(prefilter.k, len(entries)) if prefilter else len(entries)
     search = Search(num_candidates, config.budget, config.optimizer, config.population,
@@ -108,8 +112,6 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
     if population > 1 and pool.num_actors > 1 and population % pool.num_actors:
         warnings.warn(f"a population of {population} does not divide over {pool.num_actors} actors: "
                       "some actors idle at the end of each generation", InefficientSettingsWarning, stacklevel=2)
-    if final is not None and overwrite and not history and final.exists():
-        shutil.rmtree(final)
     spec = worker_spec(config, pool)
     with ray_session(pool):
         report = _prefilter(prefilter, entries, examples, spec, pool, config.seed) if prefilter else None
@@ -123,7 +125,7 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
                 if all(e.loss is None for e in s.history):
                     raise WorkerError(f"every candidate so far failed; the first error:\n{s.history[0].error}")
                 if final is not None:
-                    save_checkpoint(final, config, s.history)
+                    save_checkpoint(final, config, s.history, inputs)
                 bar.update(len(s.history) - bar.n)
                 bar.set_postfix(best=f"{s.best.score:.4f}")
                 if on_generation is not None:
@@ -193,39 +195,11 @@ def resume(output: str | Path, pool: PoolConfig | None = None, *, merge: bool = 
     return run(config, pool, output, history=history, merge=merge, progress=progress, on_generation=on_generation)
 
 
-def _check_output(output: str | Path | None, overwrite: bool, resuming: bool) -> Path | None:
-    """Check the output directory before any work."""
-    if output is None:
-        return None
-    final = Path(output).resolve()
-    if final.exists() and not final.is_dir():
-        raise ConfigError(f"output {str(final)!r} is a file; expected a directory (new or empty)")
-    if (final / RESULT_FILE).exists() and resuming:
-        raise ConfigError(f"output {str(final)!r} already holds a finished search ({RESULT_FILE}); nothing to resume")
-    if final.is_dir() and any(final.iterdir()) and not (overwrite or resuming):
-        raise ConfigError(f"output {str(final)!r} already holds files; choose a new directory, pass overwrite, "
-                          "or resume it if it holds an interrupted search")
-    if not final.parent.is_dir():
-        raise ConfigError(f"output's parent {str(final.parent)!r} does not exist")
-    return final
-
-
 def _write_output(result: SearchResult, final: Path, merge: bool) -> None:
     """Write the results into a staging dir inside ``final``, then move them into place, ``result.json`` last."""
-    staging = final / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir()
+    with staged_result(final) as staging:
         adapter = write_adapter(staging / ADAPTER_DIR, result.stack, np.array(list(result.weights.values())),
                                 result.config.mode, result.config.base)
         if merge:
             write_merged(staging / MERGED_DIR, result.config.base, adapter)
         write_json(staging / RESULT_FILE, result.to_dict())
-        for name in (ADAPTER_DIR, MERGED_DIR, RESULT_FILE):
-            if (staging / name).exists():
-                if (final / name).is_dir():
-                    shutil.rmtree(final / name)
-                os.replace(staging / name, final / name)
-        (final / CHECKPOINT_FILE).unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

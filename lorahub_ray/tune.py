@@ -34,6 +34,7 @@ from lorahub_ray.data import load_examples
 from lorahub_ray.errors import ConfigError, InputError, WorkerError
 from lorahub_ray.export import ADAPTER_DIR, RESULT_FILE, write_adapter, write_json
 from lorahub_ray.modules import check_compatible, index_module, stack_modules
+from lorahub_ray.output import check_output, is_own, staged_result
 from lorahub_ray.pool import WorkerPool
 from lorahub_ray.run import run, worker_spec
 from lorahub_ray.search import Evaluation, Search, failure_penalty, l1_score
@@ -250,6 +251,8 @@ def _check_sweep(tasks: Mapping, param_space: Mapping, settings: Mapping) -> tup
             raise ConfigError(f"`param_space`: `{key}` has no values")
     root = Path.cwd()
     tasks = {str(task): _absolute(examples, root) for task, examples in tasks.items()}
+    for task in tasks:
+        _check_task_name(task)
     for task, examples in tasks.items():
         if not isinstance(examples, list) and not Path(examples).is_file():
             raise ConfigError(f"`tasks`: the examples of {task!r}, {str(examples)!r}, are not a file")
@@ -260,6 +263,13 @@ def _check_sweep(tasks: Mapping, param_space: Mapping, settings: Mapping) -> tup
     for task, point in itertools.product(tasks, itertools.product(*grid)):
         trial_resources({**settings, **dict(point), "task": task, "examples": tasks[task]})
     return tasks, param_space, settings
+
+
+def _check_task_name(task: str) -> None:
+    """A task name is a directory name (its best adapter goes to ``best/<task>``): no path, never ``.``/``..``."""
+    if not task or task in (".", "..") or any(sep in task for sep in ("/", "\\", "\0")) or Path(task).is_absolute():
+        raise ConfigError(f"`tasks`: the task name {task!r} is not a plain directory name (non-empty, no '/' or "
+                          "'\\', not '.' or '..'); its best adapter is exported to best/<task>")
 
 
 def _check_keys(config: Mapping, accepted: Sequence[str], what: str) -> None:
@@ -283,6 +293,11 @@ def _best_rows(results, tasks: list[str], swept: list[str], best_dir: Path) -> l
     if failed:
         raise WorkerError(f"{len(failed)} trial(s) failed; the first, in {failed[0].path}: "
                           f"{str(failed[0].error).strip().splitlines()[-1]}")
+    for task in tasks:  # before anything is replaced: every export may replace only an earlier export
+        target = best_dir / task
+        if target.exists() and not (target.is_dir() and (is_own(target) or not any(target.iterdir()))):
+            raise ConfigError(f"the best adapter of task {task!r} goes to {str(target)!r}, which holds files that "
+                              "lorahub-ray did not write (no result.json of its own); move them away and resume")
     rows = []
     for task in tasks:
         best = min((r for r in results if r.config["task"] == task), key=lambda r: r.metrics["best_score"])
@@ -291,12 +306,12 @@ def _best_rows(results, tasks: list[str], swept: list[str], best_dir: Path) -> l
 
 
 def _export(result, task: str, swept: list[str], target: Path) -> dict:
+    """Copy the trial's adapter and result.json into ``target``, replacing an earlier export once both are copied."""
     source = Path(result.path) / SEARCH_DIR
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    shutil.copytree(source / ADAPTER_DIR, target / ADAPTER_DIR)
-    shutil.copy2(source / RESULT_FILE, target / RESULT_FILE)
-    saved = json.loads((source / RESULT_FILE).read_text(encoding="utf-8"))
+    with staged_result(target) as staging:
+        shutil.copytree(source / ADAPTER_DIR, staging / ADAPTER_DIR)
+        shutil.copy2(source / RESULT_FILE, staging / RESULT_FILE)
+    saved = json.loads((target / RESULT_FILE).read_text(encoding="utf-8"))
     return {"task": task, "params": {key: result.config[key] for key in swept},
             "best_score": result.metrics["best_score"], "best_loss": result.metrics["best_loss"],
             "weights": saved["weights"], "adapter": str(target / ADAPTER_DIR), "trial": result.path}
@@ -516,15 +531,8 @@ def _trial_evaluation(result, keys: list[str]) -> Evaluation:
 
 
 def _empty_output(output: str | Path | None) -> Path | None:
-    """``output`` resolved, checked to be a new or empty directory whose parent exists."""
-    if output is None:
-        return None
-    target = Path(output).expanduser().resolve()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ConfigError(f"output {str(target)!r} already holds files or is a file; choose a new directory")
-    if not target.parent.is_dir():
-        raise ConfigError(f"output's parent {str(target.parent)!r} does not exist")
-    return target
+    """``output`` resolved, checked to be a new or empty directory of its own that can be written (`check_output`)."""
+    return check_output(output)
 
 
 def load_sweep_config(path: str | Path) -> dict:

@@ -78,15 +78,23 @@ def test_unknown_optimizer_is_rejected_by_the_parser(t5_world, examples_file, tm
     assert "invalid choice: 'adam'" in capsys.readouterr().err
 
 
-def test_output_that_holds_files_is_refused_unless_overwrite(t5_world, examples_file, tmp_path, capsys):
+def test_output_that_holds_files_is_refused_unless_it_holds_an_earlier_result_and_overwrite(t5_world, examples_file,
+                                                                                            tmp_path, capsys):
     output = tmp_path / "out"
     output.mkdir()
     (output / "keep.txt").write_text("mine")
     assert main(_search_args(t5_world, examples_file, output)) == 2
     assert "already holds files" in capsys.readouterr().err
-    assert (output / "keep.txt").exists()
-    assert main(_search_args(t5_world, examples_file, output, "--overwrite")) == 0
-    assert sorted(p.name for p in output.iterdir()) == ["adapter", "result.json"]
+    assert main(_search_args(t5_world, examples_file, output, "--overwrite")) == 2
+    assert "holds files that lorahub-ray did not write" in capsys.readouterr().err
+    assert [p.name for p in output.iterdir()] == ["keep.txt"]
+    earlier = tmp_path / "earlier"
+    assert main(_search_args(t5_world, examples_file, earlier)) == 0
+    assert main(_search_args(t5_world, examples_file, earlier, "--seed", "1")) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert main(_search_args(t5_world, examples_file, earlier, "--seed", "1", "--overwrite")) == 0
+    assert sorted(p.name for p in earlier.iterdir()) == ["adapter", "result.json"]
+    assert json.loads((earlier / "result.json").read_text())["config"]["seed"] == 1
 
 
 def test_evaluate_rejects_a_directory_that_is_not_an_adapter(t5_world, examples_file, tmp_path, capsys):

@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import re
+from types import SimpleNamespace
 from itertools import combinations
 from pathlib import Path
 from unittest import mock
@@ -14,13 +16,14 @@ from peft import PeftModel
 from actors import WorkerSpec
 from actors.examples import tokenize_examples
 from actors.model import load_base
-from lorahub_ray.config import PoolConfig
+from lorahub_ray.config import PoolConfig, RunConfig
 from lorahub_ray.errors import ConfigError, InputError
 from lorahub_ray.modules import load_stack
 from lorahub_ray.pool import WorkerPool
 from lorahub_ray.run import run
 from lorahub_ray.cli import main
 from lorahub_ray.tune import (
+    _best_rows,
     add_tune_command,
     load_sweep_config,
     run_tune_command,
@@ -207,6 +210,8 @@ def test_module_pool_sampling_is_seeded(t5_world):
     ({"tasks": {}}, "`tasks` must map"),
     ({"l1": 0.1}, "both fixed settings and swept"),
     ({"optimiser": "cma"}, "sweep settings: unknown \\['optimiser'\\]"),
+    *[({"tasks": {name: "t.jsonl"}}, f"`tasks`: the task name {re.escape(repr(name))} is not a plain directory name")
+      for name in ("..", ".", "", "/etc", "a/b", "..\\x")],
 ])
 def test_bad_sweep_settings_name_the_field_before_anything_runs(t5_world, tmp_path, change, field):
     (tmp_path / "t.jsonl").write_text(json.dumps(EXAMPLES[0]) + "\n")
@@ -233,3 +238,29 @@ def test_bad_sweep_files_and_arguments_are_refused(tmp_path):
         run_tune_command(_tune_args("--example", str(tmp_path), "--storage-path", str(tmp_path)))
     with pytest.raises(SystemExit):
         _tune_args("--config", "a.json", "--example")
+
+
+def test_the_export_replaces_only_an_earlier_export_and_only_once_every_task_can_be_exported(t5_world, tmp_path):
+    trials = []
+    for task, seed in (("reverse", 1), ("upper", 2)):
+        trial = tmp_path / f"trial_{task}"
+        trial.mkdir()
+        config = RunConfig(base=t5_world["base"], modules=t5_world["modules"], examples=EXAMPLES, budget=3,
+                           optimizer="cma", population=3, seed=seed)
+        result = run(config, PoolConfig(num_actors=0), trial / "search", progress=False)
+        trials.append(SimpleNamespace(error=None, path=str(trial), config={"task": task, "l1": 0.05},
+                                      metrics={"best_score": result.best_score, "best_loss": result.best_loss}))
+    best = tmp_path / "best"
+    (best / "upper").mkdir(parents=True)
+    (best / "upper" / "mine.txt").write_text("not lorahub-ray's")
+    with pytest.raises(ConfigError, match="task 'upper' goes to .*best/upper', which holds files that lorahub-ray"):
+        _best_rows(trials, ["reverse", "upper"], ["l1"], best)
+    assert [p.name for p in best.iterdir()] == ["upper"]
+    assert [p.name for p in (best / "upper").iterdir()] == ["mine.txt"]
+    (best / "upper" / "mine.txt").unlink()
+    first = _best_rows(trials, ["reverse", "upper"], ["l1"], best)
+    trials[0].path = trials[1].path  # the sweep resumed: another trial is now the best of "reverse"
+    again = _best_rows(trials, ["reverse", "upper"], ["l1"], best)
+    assert sorted(p.name for p in (best / "reverse").iterdir()) == ["adapter", "result.json"]
+    assert json.loads((best / "reverse" / "result.json").read_text())["config"]["seed"] == 2
+    assert first[0]["weights"] != again[0]["weights"] == again[1]["weights"]
