@@ -2,7 +2,8 @@
 lorahub-ray wrote there is ever removed.
 
 A directory is the project's own when its ``result.json`` or ``checkpoint.json`` carries `MARKER` (the
-``written_by`` key); ``overwrite`` replaces only such a directory, and then only `OWN_NAMES` in it.
+``written_by`` key); ``overwrite`` replaces only such a directory, and then only the names lorahub-ray writes:
+`RESULT_NAMES`, ``checkpoint.json`` and its own dot-directories.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ STAGING_DIR = ".lorahub-ray.staging"  # the new result, built inside the output 
 OLD_DIR = ".lorahub-ray.old"  # the replaced result, until the new one is in place
 PARTIAL_CHECKPOINT = f".{CHECKPOINT_FILE}.partial"
 RESULT_NAMES = (ADAPTER_DIR, MERGED_DIR, RESULT_FILE)  # moved into place in this order: result.json last
-OWN_NAMES = (*RESULT_NAMES, CHECKPOINT_FILE, PARTIAL_CHECKPOINT, STAGING_DIR, OLD_DIR)
 
 
 def is_own(directory: Path) -> bool:
@@ -113,8 +113,8 @@ def replace_result(staging: Path, final: Path) -> None:
     """Move the complete result in ``staging`` into ``final``, then remove the project's old files there.
 
     Each of `RESULT_NAMES` the staging holds replaces the old one (``result.json`` last); an old one it does not
-    hold (``merged/`` of an earlier search) goes too, as do ``checkpoint.json`` and the staging directory. Files
-    not named in `OWN_NAMES` are never touched.
+    hold (``merged/`` of an earlier search) goes too, as do ``checkpoint.json`` and the staging directory. No
+    other file in ``final`` is touched.
     """
     old = final / OLD_DIR
     shutil.rmtree(old, ignore_errors=True)

@@ -186,10 +186,16 @@ def resume(output: str | Path, pool: PoolConfig | None = None, *, merge: bool = 
            on_generation: Callable[[Search], None] | None = None) -> SearchResult:
     """Continue the interrupted search whose checkpoint is in ``output``, to the result it would have had.
 
+    The search keeps the settings in its checkpoint; its inputs must be those it started with.
+
     Args:
         output: the ``output`` directory of the interrupted `run`.
         pool: where to evaluate now (any actor count; the same per-actor resources give the same result).
         merge, progress, on_generation: as for `run`.
+
+    Raises:
+        InputError: no checkpoint, one of another format, or an input changed since it was written: the
+            examples, a module file (``adapter_config.json`` or the weights), or where a path or hub id resolves.
     """
     config, history = load_checkpoint(Path(output))
     return run(config, pool, output, history=history, merge=merge, progress=progress, on_generation=on_generation)
