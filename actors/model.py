@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -15,18 +17,52 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-# PEFT reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model: a library notice
-# that users can do nothing about.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """``"auto"`` is CUDA when this process sees a GPU (Ray sets that per actor), else CPU."""
+def pick_device(device: str = "auto", gpu_ids: Sequence[int | str] | None = None, gpus: float = 0.0) -> torch.device:
+    """The device to compute on.
+
+    Args:
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        gpu_ids: the GPU ids Ray assigned to this actor (``ray.get_gpu_ids()``); ``None`` outside an actor.
+        gpus: the GPUs this actor reserved (its ``num_gpus``).
+
+    Outside an actor ``"auto"`` is CUDA when this process sees a GPU. In an actor it is CUDA only when the actor
+    reserved GPUs and was assigned some, whatever the node has: Ray no longer hides a node's GPUs from actors
+    that reserve none (ray issue 54868).
+
+    Raises:
+        ValueError: ``"cuda"`` in an actor that was assigned no GPU.
+    """
+    if gpu_ids is None:
+        if device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(device)
+    assigned = gpus > 0 and len(gpu_ids) > 0
+    if device == "cuda" and not assigned:
+        raise ValueError(f"device 'cuda' needs a GPU, but this actor reserved {gpus} GPUs and was assigned "
+                         f"{list(gpu_ids)}; reserve some (gpus_per_actor > 0) or use device 'auto' or 'cpu'")
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if assigned and torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Within the block: no transformers progress bars, and no PEFT notice about transformers'
+    deprecated ``is_gradient_checkpointing`` (PEFT reads it whenever it wraps a model; users can do nothing
+    about it). Both are restored afterwards: the caller's settings are left as they were."""
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def is_encoder_decoder(base: str) -> bool:
@@ -37,12 +73,12 @@ def is_encoder_decoder(base: str) -> bool:
 def load_base(
     base: str, device: torch.device, dtype: str = "float32"
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """Load the base model in eval mode on ``device`` with ``dtype``, and its tokenizer."""
-    hf_logging.disable_progress_bar()
-    auto = AutoModelForSeq2SeqLM if is_encoder_decoder(base) else AutoModelForCausalLM
-    model = auto.from_pretrained(base, dtype=DTYPES[dtype]).to(device).eval()
-    model.requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    """Load the base model in eval mode on ``device`` with ``dtype``, and its tokenizer (quietly: `quiet_loading`)."""
+    with quiet_loading():
+        auto = AutoModelForSeq2SeqLM if is_encoder_decoder(base) else AutoModelForCausalLM
+        model = auto.from_pretrained(base, dtype=DTYPES[dtype]).to(device).eval()
+        model.requires_grad_(False)
+        tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

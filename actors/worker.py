@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +21,7 @@ import torch
 from actors.cache import ModuleCache
 from actors.examples import tokenize_examples
 from actors.loss import example_token_losses, objective_loss
-from actors.model import load_base, pick_device
+from actors.model import load_base, pick_device, quiet_loading
 from actors.stack import LoraStack
 
 
@@ -35,8 +37,11 @@ class WorkerSpec:
         reference_batch_size: batch size the ``reference`` objective divides by (``None``: one batch).
         example_batch_size: examples per forward pass (``None``: all); memory only, the loss is the same.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
-        device: ``"auto"`` (CUDA when visible, else CPU), ``"cpu"`` or ``"cuda"``.
-        num_threads: torch intra-op threads (``None``: torch's default). Fixing it fixes the float results.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``; in a Ray actor ``"auto"`` is CUDA only when it reserved and
+            was assigned a GPU (see `actors.model.pick_device`).
+        gpus: the GPUs reserved for this worker (its Ray actor's ``num_gpus``; 0 in-process).
+        num_threads: torch intra-op threads while it scores (``None``: torch's default). Fixing it fixes the float
+            results. Set only during the worker's own calls: an in-process worker leaves the caller's count alone.
         candidates_per_pass: candidates scored together in one forward pass (1: one at a time). Halved
             automatically when a pass runs out of memory.
     """
@@ -49,6 +54,7 @@ class WorkerSpec:
     example_batch_size: int | None = None
     dtype: str = "float32"
     device: str = "auto"
+    gpus: float = 0.0
     num_threads: int | None = None
     candidates_per_pass: int = 1
 
@@ -69,43 +75,61 @@ class Worker:
         spec: loading and scoring settings.
         stack: the module pool (numpy arrays; shared zero-copy when they come from Ray's object store).
         examples: ``{"input", "output"}`` pairs.
+        gpu_ids: the GPU ids Ray assigned to this worker's actor; ``None`` in-process (the device then follows
+            ``spec.device`` and what this process sees).
 
     Example:
         >>> worker = Worker(WorkerSpec(base="path/to/base"), stack, examples)  # doctest: +SKIP
         >>> worker.evaluate(np.zeros((4, stack.num_modules)))  # doctest: +SKIP
     """
 
-    def __init__(self, spec: WorkerSpec, stack: LoraStack, examples: Sequence[dict[str, str]]) -> None:
-        if spec.num_threads:
-            torch.set_num_threads(spec.num_threads)
+    def __init__(self, spec: WorkerSpec, stack: LoraStack, examples: Sequence[dict[str, str]],
+                 gpu_ids: Sequence[int | str] | None = None) -> None:
         self.spec = spec
-        self.device = pick_device(spec.device)
+        self.gpu_ids = None if gpu_ids is None else list(gpu_ids)
+        self.device = pick_device(spec.device, gpu_ids, spec.gpus)
         self.model, self.tokenizer = load_base(spec.base, self.device, spec.dtype)
-        self.cache = ModuleCache(self.model, stack, mode=spec.mode, apply=spec.apply)
+        with quiet_loading():
+            self.cache = ModuleCache(self.model, stack, mode=spec.mode, apply=spec.apply)
         encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
         self.batch = tokenize_examples(self.tokenizer, examples, encoder_decoder).to(self.device)
         self.pass_size = max(1, spec.candidates_per_pass)  # candidates per forward pass, halved on out-of-memory
+        self._fault: str | None = None  # set by `inject_fault`
+
+    @contextmanager
+    def _threads(self) -> Iterator[None]:
+        """``spec.num_threads`` torch threads within the block; the count before it afterwards."""
+        before = torch.get_num_threads()
+        if self.spec.num_threads:
+            torch.set_num_threads(self.spec.num_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def loss(self, weights: np.ndarray) -> float:
         """The objective's loss of one candidate ``(N,)``, without gradients."""
-        self.cache.apply(weights)
         size = self.spec.example_batch_size or len(self.batch)
-        parts = [example_token_losses(self.model, self.batch.select(slice(i, i + size))) for i in range(0, len(self.batch), size)]
-        sums = torch.cat([s for s, _ in parts])  # (E,)
-        counts = torch.cat([c for _, c in parts])  # (E,)
-        return objective_loss(sums, counts, self.spec.objective, self.spec.reference_batch_size)
+        with self._threads():
+            self.cache.apply(weights)
+            parts = [example_token_losses(self.model, self.batch.select(slice(i, i + size)))
+                     for i in range(0, len(self.batch), size)]
+            sums = torch.cat([s for s, _ in parts])  # (E,)
+            counts = torch.cat([c for _, c in parts])  # (E,)
+            return objective_loss(sums, counts, self.spec.objective, self.spec.reference_batch_size)
 
     def losses(self, population: np.ndarray) -> list[float]:
         """The objective's loss of each candidate of ``population`` ``(P, N)`` from one forward pass."""
         P, E = len(population), len(self.batch)
-        self.cache.apply_population(population)
-        try:
-            sums, counts = example_token_losses(self.model, self.batch.repeat(P))  # (P*E,), (P*E,)
-        finally:
-            self.cache.apply_population(None)
-        sums, counts = sums.view(P, E), counts.view(P, E)
-        return [objective_loss(sums[p], counts[p], self.spec.objective, self.spec.reference_batch_size)
-                for p in range(P)]
+        with self._threads():
+            self.cache.apply_population(population)
+            try:
+                sums, counts = example_token_losses(self.model, self.batch.repeat(P))  # (P*E,), (P*E,)
+            finally:
+                self.cache.apply_population(None)
+            sums, counts = sums.view(P, E), counts.view(P, E)
+            return [objective_loss(sums[p], counts[p], self.spec.objective, self.spec.reference_batch_size)
+                    for p in range(P)]
 
     def evaluate(self, population: np.ndarray) -> list[CandidateLoss]:
         """Score each row of ``population`` ``(P, N)``; a failing candidate yields NaN and its error, not an exception.
@@ -114,7 +138,12 @@ class Worker:
         a pass that runs out of memory is retried at half the size, and one that fails otherwise is
         re-scored one candidate at a time so that only the failing candidates fail.
         """
+        self._take_fault()
         population = np.atleast_2d(population)
+        with self._threads():
+            return self._evaluate(population)
+
+    def _evaluate(self, population: np.ndarray) -> list[CandidateLoss]:
         results: list[CandidateLoss] = []
         start = 0
         while start < len(population):
@@ -152,10 +181,28 @@ class Worker:
         """This worker's process id (for memory measurements)."""
         return os.getpid()
 
-    def info(self) -> dict[str, str | int]:
-        """Where this worker runs: device, dtype, torch threads."""
-        return {"device": str(self.device), "dtype": self.spec.dtype, "threads": torch.get_num_threads(),
-                "candidates_per_pass": self.pass_size}
+    def info(self) -> dict[str, object]:
+        """Where this worker runs: device, the GPUs reserved and the GPU ids assigned (``None`` in-process),
+        dtype, torch threads while scoring, candidates per pass."""
+        return {"device": str(self.device), "gpus": self.spec.gpus, "gpu_ids": self.gpu_ids, "dtype": self.spec.dtype,
+                "threads": self.spec.num_threads or torch.get_num_threads(), "candidates_per_pass": self.pass_size}
+
+    def inject_fault(self, fault: str) -> None:
+        """Fault injection for tests: the next `evaluate` call never returns (``"hang"``) or ends this worker's
+        process (``"exit"``), as a stuck or crashed actor would."""
+        if fault not in FAULTS:
+            raise ValueError(f"`fault` must be one of {list(FAULTS)}, got {fault!r}")
+        self._fault = fault
+
+    def _take_fault(self) -> None:
+        fault, self._fault = self._fault, None
+        if fault == "exit":
+            os._exit(1)
+        if fault == "hang":
+            threading.Event().wait()  # forever
+
+
+FAULTS = ("hang", "exit")  # what `Worker.inject_fault` can make an evaluation do
 
 
 def _out_of_memory(err: BaseException) -> bool:

@@ -23,8 +23,12 @@ def _pool_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--actors", type=int, default=1, help="Ray actors evaluating in parallel; 0 = in this process")
     group.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor (also its torch threads)")
     group.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor, fractions allowed")
-    group.add_argument("--address", default=None, help="join a Ray cluster ('auto' or 'ray://host:10001'); "
-                                                        "default: start Ray locally")
+    group.add_argument("--address", default=None,
+                       help="join a Ray cluster: 'auto' (the one `ray start` left here), 'host:6379' or "
+                            "'ray://host:10001'; default: $RAY_ADDRESS if set, else a private local Ray")
+    group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="auto: CUDA for actors that reserve a GPU (--gpus-per-actor > 0), else CPU; "
+                            "with --actors 0, CUDA when visible")
     group.add_argument("--apply", choices=["merge", "slot"], default="merge",
                        help="how a candidate is applied in place: merged into the base weights, or a LoRA slot")
     group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
@@ -33,12 +37,16 @@ def _pool_arguments(parser: argparse.ArgumentParser) -> None:
                        help="how the module stack is held in memory and in the object store")
     group.add_argument("--candidates-per-pass", type=int, default=1,
                        help="candidates an actor scores together in one batched forward pass")
+    group.add_argument("--generation-timeout", type=float, default=3600.0, metavar="SECONDS",
+                       help="an actor that takes longer over its share of a generation is treated as hung: "
+                            "replaced, its candidates re-run (default 3600; 0: no limit)")
 
 
 def _pool_config(args: argparse.Namespace) -> PoolConfig:
     return PoolConfig(num_actors=args.actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
                       address=args.address, apply=args.apply, dtype=args.dtype, module_dtype=args.module_dtype,
-                      candidates_per_pass=args.candidates_per_pass)
+                      device=args.device, candidates_per_pass=args.candidates_per_pass,
+                      generation_timeout_s=args.generation_timeout or None)
 
 
 RESUMED_SETTINGS = ("budget", "optimizer", "population", "mode", "objective", "l1", "seed", "prefilter")

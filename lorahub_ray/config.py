@@ -97,14 +97,21 @@ class PoolConfig:
         num_actors: Ray actors evaluating in parallel; ``0`` evaluates in this process without Ray.
         cpus_per_actor: CPUs reserved per actor (fractional allowed); also its torch thread count.
         gpus_per_actor: GPUs reserved per actor (fractional allowed, e.g. 0.25 packs four on a GPU).
-        address: ``None`` starts an embedded local Ray; ``"auto"`` or ``"ray://host:port"`` joins a cluster.
+        address: ``None`` starts a private local Ray (or joins the cluster that the ``RAY_ADDRESS`` environment
+            variable names); ``"auto"`` (the cluster ``ray start`` left on this machine), ``"host:port"`` or
+            ``"ray://host:port"`` joins a cluster, which must answer within `lorahub_ray.pool.CONNECT_TIMEOUT_S`
+            seconds.
         apply: in-place method, ``"merge"`` (into pristine base weights; fastest) or ``"slot"`` (a PEFT LoRA slot).
         dtype: the actors' base model and composed adapter dtype.
-        device: ``"auto"`` (CUDA when the actor was given a GPU, else CPU), ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (an actor: CUDA when it reserved a GPU, ``gpus_per_actor > 0``, else CPU whatever the
+            node has; in-process: CUDA when visible), ``"cpu"`` or ``"cuda"`` (actors need ``gpus_per_actor > 0``).
         example_batch_size: examples per forward pass when scoring one candidate at a time (``None``: all).
         candidates_per_pass: candidates an actor scores together in one batched forward pass (1: one at a
             time). Work is handed out in whole passes, so results do not depend on the number of actors.
-        max_restarts: actor deaths tolerated in one search before giving up.
+        max_restarts: actor deaths (or hangs) tolerated in one search before giving up.
+        generation_timeout_s: seconds an actor may take over its share of one generation; one that takes longer
+            is treated as hung: it is killed, replaced, and its candidates re-run (the result is unchanged).
+            ``None``: no limit.
         module_dtype: how the driver and the object store hold the module stack (``"float16"`` and
             ``"bfloat16"`` halve its memory; actors compute in ``dtype``).
     """
@@ -120,6 +127,7 @@ class PoolConfig:
     candidates_per_pass: int = 1
     max_restarts: int = 3
     module_dtype: str = "float32"
+    generation_timeout_s: float | None = 3600.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_actors, int) or self.num_actors < 0:
@@ -131,6 +139,12 @@ class PoolConfig:
         _one_of("apply", self.apply, APPLY_METHODS)
         _one_of("dtype", self.dtype, tuple(DTYPES))
         _one_of("device", self.device, ("auto", "cpu", "cuda"))
+        if self.device == "cuda" and self.num_actors > 0 and not self.gpus_per_actor > 0:
+            raise ConfigError(f"`device` 'cuda' on actors needs `gpus_per_actor` > 0 (a GPU reserved for each), got "
+                              f"{self.gpus_per_actor!r}; reserve GPUs, or use `device` 'auto' or 'cpu'")
+        if self.generation_timeout_s is not None and not self.generation_timeout_s > 0:
+            raise ConfigError(f"`generation_timeout_s` must be > 0 (seconds) or None (no limit), "
+                              f"got {self.generation_timeout_s!r}")
         _one_of("module_dtype", self.module_dtype, tuple(STORAGE_DTYPES))
         if not isinstance(self.candidates_per_pass, int) or self.candidates_per_pass < 1:
             raise ConfigError(f"`candidates_per_pass` must be an integer >= 1, got {self.candidates_per_pass!r}")

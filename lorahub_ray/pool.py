@@ -5,12 +5,17 @@ Symbols: P candidates, N modules.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
+import socket
+import time
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 import numpy as np
 
@@ -21,13 +26,16 @@ from lorahub_ray.search import Outcome
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT_S = 10.0  # how long a cluster's address may take to accept a connection before joining is refused
+
 
 class WorkerPool:
     """Evaluates populations on ``num_actors`` Ray actors (or in this process when ``num_actors == 0``).
 
     The module stack and the examples go into Ray's object store once; per call only weights go out and
-    losses come back. Results come back in population order whatever actor ran them. An actor that dies
-    has its chunk re-run on a live actor and is replaced.
+    losses come back. Results come back in population order whatever actor ran them. An actor that dies, or
+    that does not answer within ``config.generation_timeout_s``, is replaced and its chunk re-run. Ray started
+    here is stopped by `close`, or before an error leaves the constructor.
 
     Args:
         spec: how each worker loads the base model and scores.
@@ -53,14 +61,19 @@ class WorkerPool:
             return
         import ray
 
+        self.actors = []
         if not ray.is_initialized():
-            self._owns_ray = True
             _start_ray(config)
-        self._check_resources()
-        self._remote_worker = _remote_worker_class()
-        self._init_args = (spec, ray.put(stack), ray.put(list(examples)))  # one object-store copy each
-        self.actors = [self._start_actor() for _ in range(config.num_actors)]
-        self._wait_ready()
+            self._owns_ray = True
+        try:
+            self._check_resources()
+            spec = replace(spec, gpus=config.gpus_per_actor)  # the actor's device follows what it reserved
+            self._init_args = (spec, ray.put(stack), ray.put(list(examples)))  # one object-store copy each
+            self.actors = [self._start_actor() for _ in range(config.num_actors)]
+            self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
 
     def _check_resources(self) -> None:
         import ray
@@ -76,17 +89,21 @@ class WorkerPool:
                     raise ConfigError(f"{message}; lower `num_actors` or the per-actor resources")
                 warnings.warn(f"{message}; actors wait until the cluster grows", InefficientSettingsWarning)
 
-    def _start_actor(self):
+    def actor_starter(self) -> Callable[[], object]:
+        """A picklable function that starts one more actor like this pool's (its replacements use it too)."""
         import ray
 
         options = {"num_cpus": self.config.cpus_per_actor, "num_gpus": self.config.gpus_per_actor}
         if ray.util.get_current_placement_group() is None:  # in one (a Tune trial's), stay in it: no strategy
             options["scheduling_strategy"] = "SPREAD"  # spread over nodes: more memory bandwidth per actor
-        return self._remote_worker.options(**options).remote(*self._init_args)
+        return functools.partial(_new_actor, options, self._init_args)
+
+    def _start_actor(self):
+        return self.actor_starter()()
 
     @property
     def restarts(self) -> int:
-        """How many actors died and were replaced so far."""
+        """How many actors died or hung and were replaced so far."""
         return self._restarts
 
     def nodes(self) -> list[str]:
@@ -101,7 +118,6 @@ class WorkerPool:
         try:
             ray.get([actor.info.remote() for actor in self.actors])
         except ray.exceptions.RayError as err:
-            self.close()
             raise WorkerError(f"the evaluator actors failed to start: {_first_line(err)}") from None
 
     def set_stack(self, stack: LoraStack) -> None:
@@ -126,49 +142,70 @@ class WorkerPool:
         return [outcome for chunk in results for outcome in chunk]
 
     def _run_chunks(self, chunks: list[np.ndarray]) -> list[list[Outcome]]:
-        """Hand chunks to free actors; re-queue the chunk of an actor that died and replace that actor."""
-        import ray
-
+        """Hand chunks to free actors; re-queue the chunk of an actor that died or hung and replace that actor."""
         results: list[list[Outcome] | None] = [None] * len(chunks)
         queue, idle = deque(range(len(chunks))), deque(range(len(self.actors)))
-        running: dict = {}  # object ref -> (actor index, chunk index)
+        running: dict = {}  # object ref -> (actor index, chunk index, deadline on the monotonic clock)
+        timeout = self.config.generation_timeout_s
         while queue or running:
             while queue and idle:
                 slot, index = idle.popleft(), queue.popleft()
-                running[self.actors[slot].evaluate.remote(chunks[index])] = (slot, index)
-            [ref], _ = ray.wait(list(running), num_returns=1)
-            slot, index = running.pop(ref)
-            try:
-                losses = ray.get(ref)
-            except ray.exceptions.RayActorError as err:
+                deadline = math.inf if timeout is None else time.monotonic() + timeout
+                running[self.actors[slot].evaluate.remote(chunks[index])] = (slot, index, deadline)
+            ref, losses, lost = self._next_finished(running)
+            slot, index, _ = running.pop(ref)
+            if lost is not None:
                 queue.appendleft(index)
-                self._replace(slot, err)
+                self._replace(slot, lost)
             else:
                 results[index] = [Outcome(r.loss, r.seconds, slot, r.error) for r in losses]
             idle.append(slot)
         return results  # type: ignore[return-value]
 
-    def _replace(self, slot: int, err: Exception) -> None:
+    def _next_finished(self, running: dict) -> tuple[object, list | None, str | None]:
+        """The next chunk done: its ref, and its losses or why its actor is lost (died, or past its deadline)."""
+        import ray
+
+        earliest = min(deadline for _, _, deadline in running.values())
+        wait = None if earliest == math.inf else max(0.0, earliest - time.monotonic())
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=wait)
+        if not ready:
+            late = min(running, key=lambda ref: running[ref][2])
+            return late, None, (f"no answer within `generation_timeout_s` = {self.config.generation_timeout_s} s; "
+                                "treated as hung")
+        try:
+            return ready[0], ray.get(ready[0]), None
+        except ray.exceptions.RayActorError as err:
+            return ready[0], None, _first_line(err)
+
+    def _replace(self, slot: int, why: str) -> None:
+        """Kill actor ``slot`` and start a new one in its place, ready before it is given work."""
         import ray
 
         self._restarts += 1
         if self._restarts > self.config.max_restarts:
-            raise WorkerError(f"actors died {self._restarts} times (limit `max_restarts` = "
-                              f"{self.config.max_restarts}); last: {_first_line(err)}")
-        log.warning("actor %d died (%s); re-running its candidates on a new actor", slot, _first_line(err))
+            raise WorkerError(f"actors died or hung {self._restarts} times (limit `max_restarts` = "
+                              f"{self.config.max_restarts}); last: {why}")
+        log.warning("actor %d lost (%s); re-running its candidates on a new actor", slot, why)
         ray.kill(self.actors[slot], no_restart=True)
         self.actors[slot] = self._start_actor()
+        try:
+            ray.get(self.actors[slot].info.remote())
+        except ray.exceptions.RayError as err:
+            raise WorkerError(f"a replacement evaluator actor failed to start: {_first_line(err)}") from None
 
     def close(self) -> None:
-        """Stop the actors, and Ray itself if this pool started it."""
-        if self.actors:
-            import ray
+        """Stop the actors, and Ray itself if this pool started it. Safe to call more than once."""
+        if self._local is not None:
+            return
+        import ray
 
-            for actor in self.actors:
-                ray.kill(actor, no_restart=True)
-            self.actors = []
-            if self._owns_ray:
-                ray.shutdown()
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+        if self._owns_ray:
+            self._owns_ray = False
+            ray.shutdown()
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -177,10 +214,44 @@ class WorkerPool:
         self.close()
 
 
+def ray_address(config: PoolConfig) -> str:
+    """The address Ray is started with: ``config.address``, else the ``RAY_ADDRESS`` environment variable, else
+    ``"local"``: a private instance, never a cluster that ``ray start`` left on this machine."""
+    return config.address or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def _start_ray(config: PoolConfig) -> None:
+    """Start a private Ray, or join the cluster at `ray_address`; a cluster that cannot be reached is a
+    `ConfigError` within `CONNECT_TIMEOUT_S` seconds, not a retry loop."""
     import ray
 
-    ray.init(address=config.address, logging_level=logging.WARNING, include_dashboard=False, configure_logging=False)
+    address = ray_address(config)
+    if address != "local":
+        _check_reachable(address)
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False, configure_logging=False)
+    except ConnectionError as err:
+        raise ConfigError(f"cannot join the Ray cluster at address {address!r}: {_first_line(err)}") from None
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse ``address`` unless its host accepts a connection on its port within `CONNECT_TIMEOUT_S` seconds."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    hint = "start it (`ray start --head`) or fix `address` / --address / RAY_ADDRESS"
+    try:  # "auto": the address `ray start` recorded on this machine; "ray://host:port": the client server's
+        target = canonicalize_bootstrap_address(address.split("://", 1)[-1])
+    except Exception as err:
+        raise ConfigError(f"`address` must be 'auto', 'host:port' or 'ray://host:port', got {address!r} "
+                          f"({_first_line(err)})") from None
+    if target is None:  # "auto" with nothing recorded: Ray looks for a running instance itself
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise ConfigError(f"no Ray cluster answers at address {address!r} ({target}) within {CONNECT_TIMEOUT_S:g} "
+                          f"s: {err.strerror or err}; {hint}") from None
 
 
 @contextmanager
@@ -199,11 +270,20 @@ def ray_session(config: PoolConfig) -> Iterator[None]:
         ray.shutdown()
 
 
+def _new_actor(options: dict, init_args: tuple):
+    """Start one `Worker` actor with Ray ``options`` (resources, scheduling) and ``init_args``."""
+    return _remote_worker_class().options(**options).remote(*init_args)
+
+
+@functools.cache
 def _remote_worker_class():
-    """`Worker` as a Ray actor class, with the one Ray-aware method a worker needs."""
+    """`Worker` as a Ray actor class: told the GPU ids Ray assigned it, and able to name its node."""
     import ray
 
     class RayWorker(Worker):
+        def __init__(self, spec: WorkerSpec, stack: LoraStack, examples: Sequence[dict[str, str]]) -> None:
+            super().__init__(spec, stack, examples, gpu_ids=ray.get_gpu_ids())
+
         def node_id(self) -> str:
             return ray.get_runtime_context().get_node_id()
 

@@ -342,32 +342,34 @@ class PoolServer:
     Each request waits for a free actor, which evaluates that one candidate; so any number of trials can call
     `evaluate` at once and every actor scores one candidate at a time. A candidate whose loss is not finite, or
     whose evaluation raised, is scored like in `Search`: `failure_penalty` of the successful scores so far.
+    An actor that dies, or does not answer within ``timeout_s``, is killed and replaced (``start_actor``) and the
+    candidate re-run; past ``max_restarts`` replacements the request fails with `WorkerError`.
 
     Args:
         actors: the pool's actor handles (`WorkerPool.actors`); the server owns them while it runs.
         l1: weight of the ``mean |w|`` penalty.
+        start_actor: starts a replacement actor (`WorkerPool.actor_starter`); ``None``: none is replaced.
+        timeout_s: seconds one evaluation may take before its actor is treated as hung (``None``: no limit).
+        max_restarts: replacements allowed in all.
     """
 
-    def __init__(self, actors: Sequence, l1: float) -> None:
+    def __init__(self, actors: Sequence, l1: float, start_actor: Callable[[], object] | None = None,
+                 timeout_s: float | None = None, max_restarts: int = 0) -> None:
         self._actors = list(actors)
         self._idle: asyncio.Queue[int] = asyncio.Queue()  # indices of the free actors
         for slot in range(len(self._actors)):
             self._idle.put_nowait(slot)
         self._l1 = l1
+        self._start_actor = start_actor
+        self._timeout_s = timeout_s
+        self._max_restarts = max_restarts
+        self._restarts = 0  # actors replaced so far
         self._scores: list[float] = []  # the successful candidates' scores so far
         self._done = 0  # candidates finished so far: each one's `generation` is its place in this order
 
     async def evaluate(self, weights: Sequence[float]) -> Evaluation:
         """Score one candidate ``(N,)`` on the next free actor."""
-        import ray
-
-        slot = await self._idle.get()
-        try:
-            [result] = await self._actors[slot].evaluate.remote(np.array([weights], dtype=np.float64))
-        except ray.exceptions.RayTaskError:  # the call itself raised: the candidate fails, the actor lives on
-            result = CandidateLoss(math.nan, 0.0, traceback.format_exc(limit=3))
-        finally:  # an actor that died is put back too: its next candidates fail their trials (`WorkerError`)
-            self._idle.put_nowait(slot)
+        result, slot = await self._score(np.array([weights], dtype=np.float64))
         ok = result.error is None and math.isfinite(result.loss)
         score = l1_score(result.loss, weights, self._l1) if ok else failure_penalty(self._scores)
         if ok:
@@ -377,6 +379,40 @@ class PoolServer:
                                 actor=slot, seconds=result.seconds, generation=self._done, error=error)
         self._done += 1
         return evaluation
+
+    async def restarts(self) -> int:
+        """How many actors died or hung and were replaced so far."""
+        return self._restarts
+
+    async def _score(self, population: np.ndarray) -> tuple[CandidateLoss, int]:
+        """The result of the one candidate ``(1, N)`` and the actor slot that scored it."""
+        import ray
+
+        while True:
+            slot = await self._idle.get()
+            try:
+                [result] = await asyncio.wait_for(self._actors[slot].evaluate.remote(population), self._timeout_s)
+                return result, slot
+            except ray.exceptions.RayTaskError:  # the call itself raised: the candidate fails, the actor lives on
+                return CandidateLoss(math.nan, 0.0, traceback.format_exc(limit=3)), slot
+            except (ray.exceptions.RayActorError, asyncio.TimeoutError) as err:
+                await self._replace(slot, err)  # then the candidate goes to the next free actor
+            finally:
+                self._idle.put_nowait(slot)
+
+    async def _replace(self, slot: int, err: Exception) -> None:
+        """Kill the actor in ``slot`` and start a ready replacement there, or raise `WorkerError` past the limit."""
+        import ray
+
+        why = (f"no answer within {self._timeout_s} s; treated as hung" if isinstance(err, asyncio.TimeoutError)
+               else str(err).strip().splitlines()[0])
+        ray.kill(self._actors[slot], no_restart=True)
+        self._restarts += 1
+        if self._start_actor is None or self._restarts > self._max_restarts:
+            raise WorkerError(f"evaluator actors died or hung {self._restarts} times (limit `max_restarts` = "
+                              f"{self._max_restarts if self._start_actor else 0}); last: {why}")
+        self._actors[slot] = self._start_actor()
+        await self._actors[slot].info.remote()
 
 
 def weight_keys(num_modules: int) -> list[str]:
@@ -490,20 +526,21 @@ def weight_search(base: str, modules: Sequence[str], examples: str | Path | list
     keys = weight_keys(len(entries))
     searcher = search_alg or default_weight_searcher(len(keys), budget, num_actors, bound, seed)
     space = {key: tune.uniform(-bound, bound) for key in keys} if search_alg is not None else {}
-    with WorkerPool(worker_spec(config, pool), stack, examples, pool) as workers:
-        server = ray.remote(num_cpus=0)(PoolServer).remote(workers.actors, l1)
-        # The evaluator actors hold the CPUs; a trial only waits on the server, so it reserves no CPU (and 1 MiB
-        # of Ray's logical memory, since Tune refuses a request of nothing).
-        trainable = tune.with_resources(tune.with_parameters(weight_trial, server=server, num_modules=len(keys)),
-                                        TRIAL_RESOURCES)
-        tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(metric=WEIGHT_METRIC, mode="min", search_alg=searcher, num_samples=budget,
-                                        max_concurrent_trials=num_actors),
-            run_config=tune.RunConfig(name=name, verbose=verbose,
-                                      storage_path=str(Path(storage_path).expanduser().resolve())
-                                      if storage_path else None))
-        try:
+    with WorkerPool(worker_spec(config, pool), stack, examples, pool) as workers:  # stops the Ray it started
+        server = ray.remote(num_cpus=0)(PoolServer).remote(workers.actors, l1, workers.actor_starter(),
+                                                           pool.generation_timeout_s, pool.max_restarts)
+        try:  # the server (and the replacement actors it owns) never outlives the search
+            # The evaluator actors hold the CPUs; a trial only waits on the server, so it reserves no CPU (and 1 MiB
+            # of Ray's logical memory, since Tune refuses a request of nothing).
+            trainable = tune.with_resources(tune.with_parameters(weight_trial, server=server,
+                                                                 num_modules=len(keys)), TRIAL_RESOURCES)
+            tuner = tune.Tuner(
+                trainable, param_space=space,
+                tune_config=tune.TuneConfig(metric=WEIGHT_METRIC, mode="min", search_alg=searcher,
+                                            num_samples=budget, max_concurrent_trials=num_actors),
+                run_config=tune.RunConfig(name=name, verbose=verbose,
+                                          storage_path=str(Path(storage_path).expanduser().resolve())
+                                          if storage_path else None))
             results = tuner.fit()
         finally:
             ray.kill(server)

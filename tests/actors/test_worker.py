@@ -130,3 +130,57 @@ def test_a_pass_that_fails_otherwise_is_rescored_one_by_one(t5_world, monkeypatc
     results = worker.evaluate(np.zeros((3, 3)))
     assert all(np.isfinite(r.loss) and r.error is None for r in results)
     assert worker.pass_size == 4
+
+
+def test_a_worker_that_reserved_no_gpu_runs_on_cpu_on_a_gpu_node(t5_world, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    worker = Worker(WorkerSpec(base=t5_world["base"], gpus=0.0), load_stack(t5_world["modules"]), EXAMPLES, gpu_ids=[])
+    assert worker.info()["device"] == "cpu" and worker.info()["gpu_ids"] == [] and worker.info()["gpus"] == 0.0
+    assert next(worker.model.parameters()).device == torch.device("cpu")
+    assert math.isfinite(worker.loss(np.zeros(3)))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("candidates_per_pass", [1, 4])
+def test_half_precision_workers_on_cpu_give_losses_close_to_float32(world, dtype, candidates_per_pass):
+    stack = load_stack(world["modules"])
+    population = np.random.default_rng(0).uniform(-1.5, 1.5, (4, 3))
+    full = Worker(WorkerSpec(base=world["base"], device="cpu"), stack, EXAMPLES).evaluate(population)
+    spec = WorkerSpec(base=world["base"], device="cpu", dtype=dtype, candidates_per_pass=candidates_per_pass)
+    half = Worker(spec, stack, EXAMPLES)
+    assert next(half.model.parameters()).dtype == getattr(torch, dtype)
+    results = half.evaluate(population)
+    assert all(r.error is None and math.isfinite(r.loss) for r in results)
+    np.testing.assert_allclose([r.loss for r in results], [r.loss for r in full], rtol=2e-2)
+
+
+def test_an_in_process_worker_sets_its_thread_count_only_while_it_scores(t5_world, monkeypatch):
+    import actors.worker
+
+    caller = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        worker = Worker(WorkerSpec(base=t5_world["base"], device="cpu", num_threads=1),
+                        load_stack(t5_world["modules"]), EXAMPLES)
+        assert torch.get_num_threads() == 3
+        seen = []
+        real = actors.worker.example_token_losses
+
+        def counting(model, batch):
+            seen.append(torch.get_num_threads())
+            return real(model, batch)
+
+        monkeypatch.setattr(actors.worker, "example_token_losses", counting)
+        worker.evaluate(np.zeros((2, 3)))
+        worker.loss(np.zeros(3))
+        assert seen == [1, 1, 1] and torch.get_num_threads() == 3
+        assert worker.info()["threads"] == 1
+    finally:
+        torch.set_num_threads(caller)
+
+
+def test_an_unknown_fault_is_refused(t5_world):
+    worker = Worker(WorkerSpec(base=t5_world["base"], device="cpu"), load_stack(t5_world["modules"]), EXAMPLES)
+    with pytest.raises(ValueError, match=r"`fault` must be one of \['hang', 'exit'\], got 'slow'"):
+        worker.inject_fault("slow")
