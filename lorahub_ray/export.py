@@ -56,13 +56,14 @@ def write_adapter(directory: Path, stack: LoraStack, weights: np.ndarray, mode: 
 
 def write_merged(directory: Path, base: str, adapter: Path) -> Path:
     """Merge the adapter into the base model and save the full model and tokenizer to ``directory``."""
-    from actors.model import load_base
+    from actors.model import load_base, quiet_loading
     from peft import PeftModel
 
     model, tokenizer = load_base(base, torch.device("cpu"))
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    merged.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    with quiet_loading():
+        merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        merged.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
     return directory
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
+from actors.model import is_encoder_decoder, load_base, quiet_loading
+
 TARGETS = {"t5": ["q", "v"], "llama": ["q_proj", "v_proj"]}
 
 
@@ -33,8 +35,9 @@ def build_random_base(out: str | Path, kind: str = "t5", d_model: int = 32, laye
     else:
         raise ValueError(f"`kind` must be 't5' or 'llama', got {kind!r}")
     out = Path(out)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with quiet_loading():  # no "Writing model shards" bar for a toy
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     return out
 
 
@@ -43,13 +46,13 @@ def build_random_modules(base: str | Path, out: str | Path, count: int, rank: in
     """Save ``count`` PEFT LoRA adapters for ``base`` with random, non-zero A and B (``module_00``, ...)."""
     from peft import LoraConfig, get_peft_model
 
-    from actors.model import is_encoder_decoder, load_base
 
     model, _ = load_base(str(base), torch.device("cpu"))
     kind = "t5" if is_encoder_decoder(str(base)) else "llama"
     config = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0,
                         target_modules=targets or TARGETS[kind])
-    peft_model = get_peft_model(model, config)
+    with quiet_loading():
+        peft_model = get_peft_model(model, config)
     generator = torch.Generator().manual_seed(seed)
     paths = []
     for index in range(count):

@@ -17,7 +17,8 @@ from transformers import (
     T5Config,
     T5ForConditionalGeneration,
 )
-from transformers.utils import logging as hf_logging
+
+from actors.model import quiet_loading
 
 KINDS = ("t5", "llama")
 LORA_TARGETS = {"t5": ["q", "v"], "llama": ["q_proj", "v_proj"]}
@@ -91,6 +92,6 @@ def build_model(kind: str, size: str = "default", seed: int = 0) -> PreTrainedMo
 def save_base(model: PreTrainedModel, tokenizer: ByT5Tokenizer, directory: Path) -> None:
     """Write model and tokenizer so the ``Auto*`` classes load ``directory`` like a hub checkpoint."""
     directory = Path(directory)
-    hf_logging.disable_progress_bar()  # the build shows its own progress; a one-shard "Writing model shards" is noise
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    with quiet_loading():  # the build shows its own progress; a one-shard "Writing model shards" bar is noise
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
