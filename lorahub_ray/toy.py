@@ -46,7 +46,6 @@ def build_random_modules(base: str | Path, out: str | Path, count: int, rank: in
     """Save ``count`` PEFT LoRA adapters for ``base`` with random, non-zero A and B (``module_00``, ...)."""
     from peft import LoraConfig, get_peft_model
 
-
     model, _ = load_base(str(base), torch.device("cpu"))
     kind = "t5" if is_encoder_decoder(str(base)) else "llama"
     config = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0,
