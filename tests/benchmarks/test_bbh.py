@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -11,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bbh  # noqa: E402
 
 from lorahub_ray.errors import InputError  # noqa: E402
+from lorahub_ray.evaluate import exact_match, load_model  # noqa: E402
 
 
 @pytest.fixture()
@@ -34,8 +36,13 @@ def test_the_protocol_runs_every_method_on_a_bbh_task(bbh_dir, t5_world):
                           budget=6, modules_per_run=2, max_new_tokens=4)
     assert set(summary) == set(methods)
     for figures in summary.values():
-        assert 0.0 <= figures["avg"] <= figures["best"] <= 100.0
-        assert len(figures["per_task"]["boolean_expressions"]) == 2
+        seeds = figures["per_task"]["boolean_expressions"]
+        assert len(seeds) == 2 and all(100 * round(a * 7 / 100) / 7 == pytest.approx(a) for a in seeds)  # of 7
+        assert figures["avg"] == pytest.approx(np.mean(seeds)) and figures["best"] == max(seeds)
+    cases = bbh.bbh_cases(bbh_dir, t5_world["base"], t5_world["modules"], None, [1, 2], modules_per_run=2)
+    model, tokenizer = load_model(t5_world["base"], device="cpu")  # the bare base, apart from the protocol's worker
+    zero_shot = [exact_match(model, tokenizer, case.test, max_new_tokens=4).accuracy for _, _, case in cases]
+    assert summary["zero_shot"]["per_task"]["boolean_expressions"] == zero_shot
 
 
 def test_few_shot_and_test_splits_are_disjoint_and_seeded(bbh_dir, t5_world):

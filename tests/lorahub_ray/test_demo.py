@@ -5,7 +5,8 @@ import pytest
 from lorahub_ray.cli import main
 from lorahub_ray.config import PoolConfig
 from lorahub_ray.demo import run_demo
-from lorahub_ray.zoo.build import build_zoo
+from lorahub_ray.evaluate import evaluate_adapter, normalize
+from lorahub_ray.zoo.build import build_zoo, load_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,14 @@ def test_demo_searches_a_held_out_task_and_reports_both_accuracies(tiny_zoo, tmp
     figures = run_demo(zoo=tiny_zoo, output=tmp_path / "out", budget=4, pool=PoolConfig(num_actors=0))
     printed = capsys.readouterr().out
     assert figures["task"] == "biggest_digit"
-    assert 0 <= figures["zero_shot"] <= 100 and 0 <= figures["composed"] <= 100
+    manifest = load_manifest(tiny_zoo)
+    base, test = str(tiny_zoo / manifest["bases"]["t5"]), tiny_zoo / manifest["heldout"][0]["test"]
+    for key, adapter in (("zero_shot", None), ("composed", tmp_path / "out" / "adapter")):
+        # recomputed from fresh predictions of the bare base and of the adapter the demo wrote, on the test split
+        rows = evaluate_adapter(base, test, adapter, max_new_tokens=32, device="cpu").predictions
+        assert len(rows) == 8
+        assert figures[key] == 100 * sum(normalize(r["prediction"]) == normalize(r["output"]) for r in rows) / 8
+    assert f"zero-shot {figures['zero_shot']:5.1f}%   LoraHub {figures['composed']:5.1f}%" in printed
     assert len(figures["weights"]) == 3 and (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
     assert "zero-shot" in printed and "LoraHub" in printed and str(tmp_path / "out" / "adapter") in printed
     shown = [line for line in printed.splitlines() if line.startswith("  ") and line.split()[-1] in
