@@ -1,11 +1,14 @@
 """The offline demo end to end on a tiny zoo."""
 
+from pathlib import Path
+
 import pytest
 
+from lorahub_ray import demo
 from lorahub_ray.cli import main
 from lorahub_ray.config import PoolConfig
+from lorahub_ray.data import load_examples
 from lorahub_ray.demo import run_demo
-from lorahub_ray.evaluate import evaluate_adapter, normalize
 from lorahub_ray.zoo.build import build_zoo, load_manifest
 
 pytestmark = pytest.mark.slow
@@ -19,17 +22,30 @@ def tiny_zoo(tmp_path_factory):
     return out
 
 
-def test_demo_searches_a_held_out_task_and_reports_both_accuracies(tiny_zoo, tmp_path, capsys):
+def test_demo_searches_a_held_out_task_and_reports_both_accuracies(tiny_zoo, tmp_path, capsys, monkeypatch):
+    evaluated = []  # (adapter, examples, accuracy) of each exact match the demo measures
+    load, match = demo.load_model, demo.exact_match
+
+    def load_model(base, adapter=None, **kwargs):
+        model, tokenizer = load(base, adapter, **kwargs)
+        model.loaded_adapter = None if adapter is None else Path(adapter)
+        return model, tokenizer
+
+    def exact_match(model, tokenizer, examples, **kwargs):
+        report = match(model, tokenizer, examples, **kwargs)
+        evaluated.append((model.loaded_adapter, list(examples), report.accuracy))
+        return report
+
+    monkeypatch.setattr(demo, "load_model", load_model)
+    monkeypatch.setattr(demo, "exact_match", exact_match)
     figures = run_demo(zoo=tiny_zoo, output=tmp_path / "out", budget=4, pool=PoolConfig(num_actors=0))
     printed = capsys.readouterr().out
     assert figures["task"] == "biggest_digit"
-    manifest = load_manifest(tiny_zoo)
-    base, test = str(tiny_zoo / manifest["bases"]["t5"]), tiny_zoo / manifest["heldout"][0]["test"]
-    for key, adapter in (("zero_shot", None), ("composed", tmp_path / "out" / "adapter")):
-        # recomputed from fresh predictions of the bare base and of the adapter the demo wrote, on the test split
-        rows = evaluate_adapter(base, test, adapter, max_new_tokens=32, device="cpu").predictions
-        assert len(rows) == 8
-        assert figures[key] == 100 * sum(normalize(r["prediction"]) == normalize(r["output"]) for r in rows) / 8
+    test = load_examples(tiny_zoo / load_manifest(tiny_zoo)["heldout"][0]["test"])
+    # zero-shot: the bare base; composed: the adapter the demo wrote; both on the task's whole test split
+    assert [(adapter, examples) for adapter, examples, _ in evaluated] == [(None, test),
+                                                                            (tmp_path / "out" / "adapter", test)]
+    assert (figures["zero_shot"], figures["composed"]) == tuple(accuracy for _, _, accuracy in evaluated)
     assert f"zero-shot {figures['zero_shot']:5.1f}%   LoraHub {figures['composed']:5.1f}%" in printed
     assert len(figures["weights"]) == 3 and (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
     assert "zero-shot" in printed and "LoraHub" in printed and str(tmp_path / "out" / "adapter") in printed
