@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from needs import require  # noqa: E402
 from protocol import lorahub_search, load_shards, measured_speedup, parse_shard, remove_shards, save_shard  # noqa: E402
 from quality import cases  # noqa: E402
 
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--shard", default=None, help="I/N: run only every N-th case from the I-th, save its rows")
     parser.add_argument("--combine", type=int, default=None, help="N: summarise the rows saved by N shards")
     args = parser.parse_args()
+    require(__file__, ("matplotlib",))
     import ray
 
     args.zoo, manifest = ensure_zoo(args.zoo)

@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from needs import require  # noqa: E402
 from protocol import Case  # noqa: E402
 
 from lorahub_ray.demo import ensure_zoo  # noqa: E402
@@ -175,6 +176,8 @@ def main() -> None:
     parser.add_argument("--model", choices=["t5", "llama"], default="t5")
     parser.add_argument("--scale-only", action="store_true")
     args = parser.parse_args()
+    if not args.scale_only:  # the accuracy part draws a plot
+        require(__file__, ("matplotlib",))
     started = time.time()
     import ray
 

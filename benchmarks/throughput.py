@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +45,10 @@ DTYPES = ["bfloat16"] if not torch.cuda.is_available() else ["bfloat16", "float1
 STORE_MODULES = 200  # modules in the memory measurement
 RESULTS = Path(__file__).parent / "results"
 # ---------------------------------------------------------------------------------------------------------
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from needs import require  # noqa: E402
 
 from actors import Worker, WorkerSpec  # noqa: E402
 from actors.examples import tokenize_examples  # noqa: E402
@@ -212,6 +217,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="LoraHub evaluation throughput, side by side")
     parser.add_argument("--quick", action="store_true", help="the tiny model only, no memory measurement")
     args = parser.parse_args()
+    require(__file__, ("matplotlib",))
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)

@@ -14,12 +14,27 @@ is the glue:
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
-import nevergrad as ng
 import numpy as np
+
+
+class _Lazy:
+    """A module imported on first attribute access: nevergrad takes seconds, and `lorahub-ray --help` needs none."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> object:
+        module: ModuleType = importlib.import_module(self._name)
+        return getattr(module, attribute)
+
+
+ng = _Lazy("nevergrad")
 
 # Library notices that users can do nothing about: NGOpt's Cobyla hands scipy a final trust radius that scipy
 # corrects on every run, and pycma reports its own internal mean injection when popsize is small.

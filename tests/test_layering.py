@@ -1,6 +1,8 @@
 """Imports go one way (lorahub_ray -> actors), and Ray is imported in two driver files only (pool, tune)."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,3 +30,10 @@ def test_only_the_pool_and_tune_import_ray():
     files = sorted((ROOT / "lorahub_ray").rglob("*.py"))
     importers = {str(f.relative_to(ROOT)) for f in files if "ray" in _imports(f)}
     assert importers == RAY_FILES
+
+
+def test_importing_the_cli_loads_neither_nevergrad_nor_ray():
+    """`lorahub-ray --help` pays for neither (nevergrad alone took 5 s): a search imports them when it needs them."""
+    code = "import sys, lorahub_ray.cli; print(sorted(m for m in ('nevergrad', 'ray') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

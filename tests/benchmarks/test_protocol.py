@@ -10,9 +10,12 @@ import protocol  # noqa: E402
 from tests.conftest import EXAMPLES  # noqa: E402
 
 
-def test_equal_time_searches_get_the_speedup_times_the_reference_budget(t5_world):
+def test_equal_time_searches_get_the_speedup_times_the_reference_budget(t5_world, monkeypatch):
     case = protocol.Case(t5_world["base"], t5_world["modules"][:2], EXAMPLES[:3],
                          EXAMPLES[3:5], seed=1, max_new_tokens=4)
+    scored = []  # (weights, accuracy) of every accuracy the protocol measures
+    accuracy = case.accuracy
+    monkeypatch.setattr(case, "accuracy", lambda weights: scored.append((weights, accuracy(weights))) or scored[-1][1])
     methods = ["lorahub_ngopt", "lorahub_cma_2actors_equal_time", "lorahub_singles_cma_2actors_equal_time"]
     outcome = protocol.run_methods(case, methods, budget=6, speedup=1.9)
     assert protocol.equal_time_budget(6, 1.9) == 11 and protocol.equal_time_budget(6, 0.7) == 6
@@ -21,7 +24,13 @@ def test_equal_time_searches_get_the_speedup_times_the_reference_budget(t5_world
     assert {m: len(c) for m, c in outcome["convergence"].items()} == {methods[0]: 6, methods[1]: 11, methods[2]: 11}
     for curve in outcome["convergence"].values():
         assert np.all(np.diff(curve) <= 0), "a best-so-far curve never rises"
-    assert all(0.0 <= a <= 100.0 for a in outcome["accuracy"].values())
+    # each accuracy is the test exact match of its search's best candidate (the searches re-run: they are seeded)
+    assert len(scored) == 3
+    for method, (weights, accuracy), (optimizer, budget) in zip(methods, scored, [("ngopt", 6), ("cma", 11),
+                                                                                  ("singles-cma", 11)]):
+        best = min(protocol.lorahub_search(case, optimizer, budget).history, key=lambda e: e.score)
+        assert outcome["convergence"][method][-1] == best.score and list(weights) == best.weights
+        assert outcome["accuracy"][method] == accuracy
 
 
 def test_shards_split_the_cases_and_combine_in_case_order(tmp_path):

@@ -13,7 +13,7 @@ from lorahub_ray.errors import InputError
 from lorahub_ray.evaluate import exact_match, generate, load_model, normalize
 import lorahub_ray.zoo.build as build_module
 from lorahub_ray.cli import main as cli_main
-from lorahub_ray.zoo.build import MODULE_FIELDS, build_zoo, load_manifest, train_specialist
+from lorahub_ray.zoo.build import MODULE_FIELDS, build_zoo, load_manifest, load_module, train_specialist
 from lorahub_ray.zoo.check import check_examples, check_specialists
 from lorahub_ray.zoo.models import build_model, make_tokenizer
 from lorahub_ray.zoo.tasks import dev_examples, get_task, splits
@@ -46,10 +46,14 @@ def test_manifest_format(zoo):
     for kind in ("t5", "llama"):
         entries = on_disk["modules"][kind]
         assert [e["task"] for e in entries] == UPSTREAM
+        base, tokenizer = load_model(str(out / kind / "base"), device="cpu")
         for e in entries:
             assert tuple(e) == MODULE_FIELDS
             assert e["path"] == f"{kind}/modules/{e['task']}" and e["train_size"] == 32
-            assert 0.0 <= e["base_accuracy_on_task"] <= 1.0 and 0.0 <= e["module_accuracy_on_task"] <= 1.0
+            test = splits(get_task(e["task"]), 0, 32, 5, 8)["test"]  # the accuracies, recomputed on the test split
+            assert e["base_accuracy_on_task"] == exact_match(base, tokenizer, test, max_new_tokens=16).accuracy / 100
+            module = exact_match(load_module(out, kind, e["task"]), tokenizer, test, max_new_tokens=16)
+            assert e["module_accuracy_on_task"] == module.accuracy / 100
             assert e["final_loss"] > 0 and e["dev_size"] == 16
             base_dev, module_dev = e["base_accuracy_on_dev"], e["module_accuracy_on_dev"]
             beats = module_dev > base_dev or base_dev == 1.0
