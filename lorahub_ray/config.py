@@ -79,6 +79,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.prefilter is not None:
             PrefilterSpec.parse(self.prefilter)
+        if isinstance(self.modules, (str, os.PathLike)):
+            raise ConfigError(f"`modules` must be a list of module paths or hub ids, got one: {self.modules!r}")
         self.modules = [str(m) for m in self.modules]
         if isinstance(self.examples, os.PathLike):
             self.examples = str(self.examples)

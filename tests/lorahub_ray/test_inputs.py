@@ -153,3 +153,21 @@ def test_search_input_errors_are_one_line_and_exit_2(case, message, t5_world, ex
     error = capsys.readouterr().err
     assert re.match(f"error: .*{message}", error) and error.count("\n") == 1, error
     assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_a_sweep_config_that_is_not_utf8_is_named(tmp_path, capsys):
+    (tmp_path / "sweep.json").write_bytes(b'{"tasks": {"caf\xe9": "t.jsonl"}, "param_space": {}}')
+    assert main(["tune", "--config", str(tmp_path / "sweep.json")]) == 2
+    assert re.match(r"error: the sweep config '.*sweep.json' is not valid JSON in UTF-8: 'utf-8' codec can't decode",
+                    capsys.readouterr().err)
+
+
+def test_modules_given_as_one_string_are_refused():
+    with pytest.raises(ConfigError, match=r"`modules` must be a list of module paths or hub ids, got one: 'org/lora'"):
+        RunConfig(base="b", modules="org/lora", examples="e")
+
+
+def test_a_base_without_a_model_config_names_the_cause(t5_world, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(InputError, match=r"base model '.*' could not be loaded: .*\(ValueError: Unrecognized model"):
+        check_base(index_module(t5_world["modules"][0]), str(tmp_path))
