@@ -14,9 +14,10 @@ def skeleton(base: str) -> nn.Module:
     """The base model's architecture on the meta device: shapes and module paths, no memory."""
     try:
         config = AutoConfig.from_pretrained(base)
-    except Exception as err:
-        raise InputError(f"base model {base!r} could not be loaded: no config.json found locally or on the hub "
-                         f"({type(err).__name__})") from None
+    except Exception as err:  # no such directory or hub id, no config.json, or one that is not a model's
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise InputError(f"base model {base!r} could not be loaded: no model config.json found locally or on the hub "
+                         f"({type(err).__name__}: {first_line})") from None
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     with torch.device("meta"):
         return auto.from_config(config)

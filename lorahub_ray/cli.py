@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from lorahub_ray.config import OPTIMIZER_NAMES, PoolConfig, RunConfig
 from lorahub_ray.optimizers import DEFAULT_OPTIMIZER
-from lorahub_ray.errors import ConfigError, LoraHubRayError
+from lorahub_ray.errors import ConfigError, InputError, LoraHubRayError
 from lorahub_ray.tune import add_tune_command, run_tune_command
 
 
@@ -179,11 +180,28 @@ def _check_resume(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from lorahub_ray.evaluate import evaluate_adapter
 
+    if args.json:
+        _check_json_output(Path(args.json))
     report = evaluate_adapter(args.base, args.examples, args.adapter, args.batch_size, args.max_new_tokens,
                               args.device)
     print(f"exact match: {report.accuracy:.1f}% ({report.correct}/{report.total})")
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        try:
+            Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        except OSError as err:
+            raise InputError(f"--json {args.json!r} could not be written ({type(err).__name__}: {err.strerror})") \
+                from None
+
+
+def _check_json_output(path: Path) -> None:
+    """``--json`` must name a file that can be written, checked before the evaluation runs."""
+    if path.is_dir():
+        raise ConfigError(f"--json {str(path)!r} is a directory; expected a file path")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--json {str(path)!r}: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"--json {str(path)!r} cannot be written (no write permission)")
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import asdict, dataclass
 
@@ -11,7 +13,8 @@ from actors.loss import OBJECTIVES
 from actors.model import DTYPES
 from actors.stack import STORAGE_DTYPES
 from lorahub_ray.errors import ConfigError
-from lorahub_ray.optimizers import DEFAULT_OPTIMIZER, OPTIMIZERS
+from lorahub_ray.modules import check_distinct
+from lorahub_ray.optimizers import DEFAULT_OPTIMIZER, OPTIMIZERS, check_population
 from lorahub_ray.prefilter import PrefilterSpec
 
 OPTIMIZER_NAMES = tuple(OPTIMIZERS)
@@ -20,6 +23,17 @@ OPTIMIZER_NAMES = tuple(OPTIMIZERS)
 def _one_of(name: str, value: object, accepted: tuple) -> None:
     if value not in accepted:
         raise ConfigError(f"`{name}` must be one of {list(accepted)}, got {value!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _finite_number(name: str, value: object, lowest: float, inclusive: bool) -> None:
+    """``value`` must be a finite number ``>= lowest`` (``> lowest`` unless ``inclusive``)."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < lowest or (value == lowest and not inclusive):
+        raise ConfigError(f"`{name}` must be {'>=' if inclusive else '>'} {lowest:g} and finite, got {value!r}")
 
 
 @dataclass
@@ -35,14 +49,15 @@ class RunConfig:
             alone in one parallel generation, then CMA-ES from the best), ``"cma"`` (CMA-ES populations from 0),
             ``"ngopt"`` (the reference's sequential NGOpt) or ``"probes-cma"`` (Cobyla's probes, then CMA-ES).
         population: candidates per generation for ``cma`` (``None``: CMA-ES's default ``4 + 3 ln N``, made smaller
-            for small budgets so that the budget lasts 12 generations, never below 4).
+            for small budgets so that the budget lasts 12 generations, never below 4); at least 2.
             Never derived from the number of actors, so results do not depend on it.
         mode: composition, ``"ab"`` (LoraHub: sum of A's times sum of B's) or ``"delta"`` (sum of w_i B_i A_i).
         objective: ``"default"`` (mean token cross-entropy) or ``"reference"`` (the reference's CE / E scale).
         reference_batch_size: batch size of the ``reference`` objective (``None``: all examples in one batch).
         l1: weight of the ``mean |w|`` penalty added to the loss.
         bound: weights are searched in ``[-bound, bound]``.
-        seed: seeds the optimizer (and a ``random`` pre-filter); the only source of randomness in a search.
+        seed: seeds the optimizer (and a ``random`` pre-filter); the only source of randomness in a search
+            (an integer in 0..2**32 - 1).
         prefilter: ``"NAME:K"`` narrows ``modules`` to K candidates before the search: ``random``, ``loss``
             or ``similarity`` (see `lorahub_ray.prefilter`); ``None`` searches over every module.
     """
@@ -64,26 +79,28 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.prefilter is not None:
             PrefilterSpec.parse(self.prefilter)
+        if isinstance(self.modules, (str, os.PathLike)):
+            raise ConfigError(f"`modules` must be a list of module paths or hub ids, got one: {self.modules!r}")
         self.modules = [str(m) for m in self.modules]
         if isinstance(self.examples, os.PathLike):
             self.examples = str(self.examples)
         if not self.modules:
             raise ConfigError("`modules` must name at least one LoRA module, got none")
-        if len(set(self.modules)) != len(self.modules):
-            raise ConfigError(f"`modules` must not repeat a module, got {self.modules}")
-        if not isinstance(self.budget, int) or self.budget < 1:
+        check_distinct(self.modules)
+        if not _is_int(self.budget) or self.budget < 1:
             raise ConfigError(f"`budget` must be an integer >= 1, got {self.budget!r}")
         _one_of("optimizer", self.optimizer, OPTIMIZER_NAMES)
-        if self.population is not None and self.population < 1:
-            raise ConfigError(f"`population` must be >= 1 or None, got {self.population!r}")
+        check_population(self.population)
         _one_of("mode", self.mode, MODES)
         _one_of("objective", self.objective, OBJECTIVES)
-        if self.reference_batch_size is not None and self.reference_batch_size < 1:
-            raise ConfigError(f"`reference_batch_size` must be >= 1 or None, got {self.reference_batch_size!r}")
-        if self.l1 < 0:
-            raise ConfigError(f"`l1` must be >= 0, got {self.l1!r}")
-        if self.bound <= 0:
-            raise ConfigError(f"`bound` must be > 0, got {self.bound!r}")
+        if self.reference_batch_size is not None and (not _is_int(self.reference_batch_size)
+                                                      or self.reference_batch_size < 1):
+            raise ConfigError(f"`reference_batch_size` must be an integer >= 1 or None, "
+                              f"got {self.reference_batch_size!r}")
+        _finite_number("l1", self.l1, 0, inclusive=True)
+        _finite_number("bound", self.bound, 0, inclusive=False)
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"`seed` must be an integer in 0..{2**32 - 1} (numpy's seed range), got {self.seed!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -29,3 +29,8 @@ class BadLossWarning(UserWarning):
 
 class InefficientSettingsWarning(UserWarning):
     """Settings that work but waste resources, e.g. a population the pool cannot divide evenly."""
+
+
+class BaseNameWarning(UserWarning):
+    """Modules name different base models (``base_model_name_or_path``) although everything that changes the maths
+    matches: the same base saved under two paths, or a hub id and a local copy. They are composed anyway."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,8 +13,12 @@ from transformers import PreTrainedTokenizerBase
 
 from actors.examples import prompt_ids
 from actors.model import load_base, pick_device
+from lorahub_ray.base import check_base
 from lorahub_ray.data import load_examples
-from lorahub_ray.errors import InputError
+from lorahub_ray.errors import ConfigError, InputError
+from lorahub_ray.modules import CONFIG_FILE, index_module
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def normalize(text: str) -> str:
@@ -34,20 +39,47 @@ class EvalReport:
         return asdict(self)
 
 
+def check_adapter(base: str, adapter: str | Path) -> None:
+    """``adapter`` must be a local plain-LoRA PEFT directory whose rank, layers and shapes fit ``base``.
+
+    Raises:
+        InputError: it is no adapter directory, its files disagree, or ``base`` cannot be read.
+        ModuleMismatchError: it adapts layers that ``base`` lacks or has other widths (an adapter for another base).
+    """
+    if not (Path(adapter) / CONFIG_FILE).is_file():
+        raise InputError(f"adapter {str(adapter)!r} is not a PEFT adapter directory (no {CONFIG_FILE})")
+    check_base(index_module(str(adapter)), base)
+
+
 def load_model(base: str, adapter: str | Path | None = None, device: str = "auto",
                dtype: str = "float32") -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """The base model with ``adapter`` (a PEFT LoRA directory) merged in, or the bare base model."""
+    """The base model with ``adapter`` (a PEFT LoRA directory, checked first) merged in, or the bare base model."""
+    if adapter is not None:
+        check_adapter(base, adapter)
     try:
         model, tokenizer = load_base(base, pick_device(device), dtype)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # no such model, or a directory whose config.json is not a model's
         raise InputError(f"base model {base!r} could not be loaded: {str(err).strip().splitlines()[0]}") from None
     if adapter is not None:
         from peft import PeftModel
 
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise InputError(f"adapter {str(adapter)!r} is not a PEFT adapter directory (no adapter_config.json)")
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
     return model, tokenizer
+
+
+def check_settings(batch_size: int, max_new_tokens: int, device: str) -> None:
+    """Generation settings, checked before any model is loaded.
+
+    Raises:
+        ConfigError: a batch size or token budget below 1, or a device that is unknown or absent.
+    """
+    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"`{name}` must be an integer >= 1, got {value!r}")
+    if device not in DEVICES:
+        raise ConfigError(f"`device` must be one of {list(DEVICES)}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("`device` is 'cuda' but torch sees no CUDA device here; use 'auto' or 'cpu'")
 
 
 @torch.no_grad()
@@ -82,6 +114,7 @@ def exact_match(model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples: 
     """Exact-match accuracy of greedy generation on ``{"input", "output"}`` examples."""
     if not examples:
         raise InputError("exact_match needs at least one {\"input\", \"output\"} example; got none")
+    check_settings(batch_size, max_new_tokens, "auto")
     predictions = generate(model, tokenizer, [ex["input"] for ex in examples], batch_size, max_new_tokens)
     rows = [
         {"input": ex["input"], "output": ex["output"], "prediction": pred,
@@ -99,7 +132,12 @@ def evaluate_adapter(base: str, examples: str | Path | Sequence[dict[str, str]],
     Example:
         >>> report = evaluate_adapter("path/to/base", "test.jsonl", adapter="out/adapter")  # doctest: +SKIP
         >>> report.accuracy  # doctest: +SKIP
+
+    Raises:
+        ConfigError: a setting out of range (see `check_settings`), before anything is loaded.
+        InputError: examples, base model or adapter that cannot be read, or an adapter for another base model.
     """
+    check_settings(batch_size, max_new_tokens, device)
     rows = load_examples(examples)
     model, tokenizer = load_model(base, adapter, device=device)
     return exact_match(model, tokenizer, rows, batch_size, max_new_tokens)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actors.stack import STORAGE_DTYPES, LayerStack, LoraStack, to_storage
-from lorahub_ray.errors import ConfigError, InputError, ModuleMismatchError
+from actors.stack import STORAGE_DTYPES, LayerStack, LoraStack, as_tensor, to_storage
+from lorahub_ray.errors import BaseNameWarning, ConfigError, InputError, ModuleMismatchError
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 PEFT_PREFIX = "base_model.model."
 FACTOR_SUFFIXES = {"A": ".lora_A.weight", "B": ".lora_B.weight"}
-MUST_MATCH = ("r", "lora_alpha", "use_rslora", "fan_in_fan_out", "base_model_name_or_path")
+MUST_MATCH = ("r", "lora_alpha", "use_rslora", "fan_in_fan_out")  # what changes the maths; names of the base may differ
 
 
 @dataclass
@@ -97,6 +99,7 @@ def index_module(name: str) -> ModuleEntry:
     incomplete = sorted(p for p, pair in keys.items() if len(pair) != 2)
     if incomplete or not keys:
         raise InputError(f"module {name!r}: missing lora_A or lora_B for layers {incomplete or 'all'}")
+    _check_rank(name, config, directory / CONFIG_FILE, weight_file, shapes)
     return ModuleEntry(name, directory, config, weight_file, keys, shapes)
 
 
@@ -117,6 +120,21 @@ def _read_config(name: str, path: Path) -> dict:
     return config
 
 
+def _check_rank(name: str, config: dict, config_file: Path, weight_file: Path,
+                shapes: dict[str, dict[str, tuple[int, ...]]]) -> None:
+    """The config's ``r`` and ``lora_alpha`` must be numbers, and every A ``(r, d_in)`` and B ``(d_out, r)`` of rank r:
+    PEFT builds its layers from the config and could not load tensors of another rank."""
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise InputError(f"module {name!r}: {config_file} has `r` = {r!r}; expected the LoRA rank, an integer >= 1")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise InputError(f"module {name!r}: {config_file} has `lora_alpha` = {alpha!r}; expected a finite number")
+    for path, pair in shapes.items():
+        if len(pair["A"]) != 2 or len(pair["B"]) != 2 or pair["A"][0] != r or pair["B"][1] != r:
+            raise InputError(f"module {name!r}, layer {path!r}: {weight_file} holds lora_A {pair['A']} and lora_B "
+                             f"{pair['B']}, but {config_file} has `r` = {r}; expected ({r}, d_in) and (d_out, {r})")
+
+
 def _read_shapes(name: str, path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes; for safetensors from the header alone."""
     try:
@@ -131,8 +149,29 @@ def _read_shapes(name: str, path: Path) -> dict[str, tuple[int, ...]]:
                          "the file is corrupt or not a PEFT adapter weight file") from None
 
 
+def check_distinct(names: Sequence[str]) -> None:
+    """No module may be named twice: local paths are compared resolved (``a``, ``a/``, ``./a``, ``/abs/a``), hub ids
+    as given.
+
+    Raises:
+        ConfigError: naming both spellings of the repeated module.
+    """
+    seen: dict[str, str] = {}
+    for name in names:
+        local = os.path.exists(name)
+        key = str(Path(name).resolve()) if local else name
+        if key in seen:
+            same = f"the same directory {key!r}" if local else "the same hub id"
+            raise ConfigError(f"`modules` names one module twice: {seen[key]!r} and {name!r} are {same}")
+        seen[key] = name
+
+
 def check_compatible(entries: Sequence[ModuleEntry]) -> None:
-    """Every module must share the first one's base model, rank, scaling, targets, layers and shapes."""
+    """Every module must share the first one's rank, scaling, targets, layers and shapes (what changes the maths).
+
+    Modules whose configs name different base models (``base_model_name_or_path``) are accepted with a
+    `BaseNameWarning`: the same base saved under two paths, or a hub id and its local copy, is common.
+    """
     first = entries[0]
     for entry in entries[1:]:
         for field in MUST_MATCH:
@@ -153,6 +192,16 @@ def check_compatible(entries: Sequence[ModuleEntry]) -> None:
                     raise ModuleMismatchError(
                         f"module {entry.name!r}, layer {path!r}: lora_{kind} has shape {pair[kind]}, "
                         f"expected {first.shapes[path][kind]} as in {first.name!r}")
+    _warn_on_base_names(entries)
+
+
+def _warn_on_base_names(entries: Sequence[ModuleEntry]) -> None:
+    names = {e.name: e.config.get("base_model_name_or_path") for e in entries}
+    if len(set(names.values())) > 1:
+        shown = ", ".join(f"{module!r}: {base!r}" for module, base in list(names.items())[:4])
+        warnings.warn(f"the modules name different base models in `base_model_name_or_path` ({shown}); their "
+                      "ranks, scalings, targets and shapes match, so they are composed as adapters of one base",
+                      BaseNameWarning, stacklevel=3)
 
 
 def stack_modules(entries: Sequence[ModuleEntry], dtype: str = "float32") -> LoraStack:
@@ -167,13 +216,31 @@ def stack_modules(entries: Sequence[ModuleEntry], dtype: str = "float32") -> Lor
     for index, entry in enumerate(entries):
         for path, pair in entry.read_factors().items():
             for kind, tensor in pair.items():
-                arrays[path][kind][index] = to_storage(tensor, dtype)
+                arrays[path][kind][index] = _finite(entry, path, kind, tensor, dtype)
     return LoraStack(
         names=tuple(e.name for e in entries),
         layers=tuple(LayerStack(path, arrays[path]["A"], arrays[path]["B"]) for path in first.shapes),
         scaling=first.scaling, rank=int(first.config["r"]), fan_in_fan_out=bool(first.config.get("fan_in_fan_out")),
         peft_config=dict(first.config), dtype=dtype,
     )
+
+
+def _finite(entry: ModuleEntry, path: str, kind: str, tensor: torch.Tensor, dtype: str) -> np.ndarray:
+    """``tensor`` in the storage ``dtype``, once checked to hold only finite values there.
+
+    Raises:
+        InputError: the module's tensor holds NaN or infinite values (naming the module, layer and tensor).
+        ConfigError: it is finite but overflows ``dtype`` (float16 holds at most 65504).
+    """
+    where = f"module {entry.name!r}, layer {path!r}: tensor {entry.keys[path][kind]!r} in {entry.weight_file}"
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        raise InputError(f"{where} holds {bad} NaN or infinite value(s); every weight of a module must be finite")
+    stored = to_storage(tensor, dtype)
+    if not torch.isfinite(as_tensor(stored, dtype)).all():
+        raise ConfigError(f"{where} holds values up to {float(tensor.abs().max()):.4g}, beyond what `module_dtype` "
+                          f"{dtype!r} can hold; use 'float32' or 'bfloat16'")
+    return stored
 
 
 def load_stack(names: Sequence[str], dtype: str = "float32") -> LoraStack:

@@ -9,6 +9,9 @@ is the glue:
   evaluated in parallel, then CMA-ES started from the best of them with a step of that probe size.
 - ``singles-cma`` (the default): the same with probes of weight 1: the first generation scores w = 0 and every
   module alone (so the search starts from the best single module), then CMA-ES from the best.
+Probes never leave the box: with ``bound`` below the probe weight they move each weight by ``bound``.
+With one module, CMA-ES runs on pycma directly (`OneWeightCMA`), because nevergrad hands one-dimensional CMA-ES
+to fcmaes, which is not installed.
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import numbers
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from types import ModuleType
 
 import numpy as np
+
+from lorahub_ray.errors import ConfigError
 
 
 class _Lazy:
@@ -36,11 +43,6 @@ class _Lazy:
 
 ng = _Lazy("nevergrad")
 
-# Library notices that users can do nothing about: NGOpt's Cobyla hands scipy a final trust radius that scipy
-# corrects on every run, and pycma reports its own internal mean injection when popsize is small.
-warnings.filterwarnings("ignore", message="COBYLA: Invalid (RHOEND|MAXFUN)", category=UserWarning)
-warnings.filterwarnings("ignore", message="orphanated injected solution")
-
 PROBE_STEP = 0.5  # Cobyla's first trust radius in NGOpt: each probe moves one weight by this much
 MIN_GENERATIONS = 12  # CMA-ES adapts its step and shape once per generation: a small budget needs small ones
 
@@ -50,6 +52,25 @@ def default_population(num_modules: int, budget: int | None = None) -> int:
     to 4) so that the budget lasts `MIN_GENERATIONS` generations."""
     size = 4 + int(3 * math.log(num_modules))
     return size if budget is None else max(4, min(size, budget // MIN_GENERATIONS))
+
+
+def check_population(population: object) -> None:
+    """A population must be ``None`` or an integer >= 2: CMA-ES recombines at least two candidates a generation."""
+    if population is not None and (not isinstance(population, numbers.Integral) or isinstance(population, bool)
+                                   or population < 2):
+        raise ConfigError(f"`population` must be an integer >= 2 or None (CMA-ES recombines at least two candidates "
+                          f"a generation), got {population!r}")
+
+
+@contextmanager
+def _library_notices_silenced() -> Iterator[None]:
+    """Hide, in the project's own optimizer calls only, notices that users can do nothing about: NGOpt's Cobyla hands
+    scipy a final trust radius that scipy corrects on every run, and pycma reports its own internal mean injection
+    when popsize is small. The caller's warning filters are left as they were."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="COBYLA: Invalid (RHOEND|MAXFUN)", category=UserWarning)
+        warnings.filterwarnings("ignore", message="orphanated injected solution")
+        yield
 
 
 class Strategy:
@@ -72,15 +93,59 @@ class NevergradStrategy(Strategy):
         self.optimizer = optimizer
         self.generation_size = self.population = generation_size
         self._pending: list[ng.p.Parameter] = []
+        self._next: ng.p.Parameter | None = None  # a sequential optimizer's next candidate, asked ahead
 
     def ask(self, count: int) -> list[np.ndarray]:
-        self._pending = [self.optimizer.ask() for _ in range(count)]
+        with _library_notices_silenced():
+            ahead, self._next = ([self._next] if self._next is not None else []), None
+            self._pending = ahead + [self.optimizer.ask() for _ in range(count - len(ahead))]
         return [np.array(candidate.value) for candidate in self._pending]
 
     def tell(self, scores: Sequence[float]) -> None:
-        for candidate, score in zip(self._pending, scores):
-            self.optimizer.tell(candidate, score)
+        with _library_notices_silenced():
+            for candidate, score in zip(self._pending, scores):
+                self.optimizer.tell(candidate, score)
+            # A sequential optimizer (NGOpt's Cobyla) resumes in its own thread after a tell and may warn there; asking
+            # for its next candidate now keeps whatever it warns inside this scope. Its candidates are the same.
+            if self.generation_size == 1 and self.optimizer.num_ask < (self.optimizer.budget or 0):
+                self._next = self.optimizer.ask()
         self._pending = []
+
+
+class OneWeightCMA(Strategy):
+    """CMA-ES over one weight with pycma (nevergrad's CMA hands one dimension to fcmaes, which is not installed).
+
+    It follows nevergrad's `ParametrizedCMA` on a bounded ``ng.p.Array``: the initial step is 0.3 times the
+    parameter's sigma (``sigma``, else a sixth of the box), and a sample outside ``[-bound, bound]`` is reflected
+    back into it ("bouncing"). Asked whole generations (a last one may be cut short).
+    """
+
+    def __init__(self, population: int, seed: int, bound: float, init: float = 0.0,
+                 sigma: float | None = None) -> None:
+        import cma  # nevergrad's own CMA-ES backend
+
+        self.generation_size = self.population = population
+        self.bound = bound
+        options = {"popsize": population, "randn": np.random.RandomState(seed).randn, "seed": np.nan, "verbose": -9}
+        with _library_notices_silenced():
+            self._es = cma.CMAEvolutionStrategy([float(init)], 0.3 * (sigma or bound / 3), options)
+        self._asked: list[np.ndarray] = []
+
+    def ask(self, count: int) -> list[np.ndarray]:
+        with _library_notices_silenced():
+            self._asked = list(self._es.ask())[:count]
+        return [self._into_box(x) for x in self._asked]
+
+    def tell(self, scores: Sequence[float]) -> None:
+        if len(scores) == self.population:  # a generation cut short ends the search: nothing to learn from it
+            with _library_notices_silenced():
+                self._es.tell(self._asked, list(scores))
+        self._asked = []
+
+    def _into_box(self, x: np.ndarray) -> np.ndarray:
+        period = 4 * self.bound  # reflect at both walls: x -> the point of [-bound, bound] it bounces to
+        folded = np.mod(x + self.bound, period)
+        return np.minimum(folded, period - folded) - self.bound
 
 
 def _space(num_modules: int, bound: float, seed: int, init: np.ndarray | None = None,
@@ -93,16 +158,21 @@ def _space(num_modules: int, bound: float, seed: int, init: np.ndarray | None = 
 
 
 def _cma(num_modules: int, budget: int, population: int | None, seed: int, bound: float,
-         init: np.ndarray | None = None, sigma: float | None = None) -> NevergradStrategy:
+         init: np.ndarray | None = None, sigma: float | None = None) -> Strategy:
     size = population or default_population(num_modules, budget)
-    optimizer = ng.optimizers.ParametrizedCMA(popsize=size)(
-        _space(num_modules, bound, seed, init, sigma), budget=budget, num_workers=size)
+    if num_modules == 1:
+        return OneWeightCMA(size, seed, bound, 0.0 if init is None else float(init[0]), sigma)
+    with _library_notices_silenced():
+        optimizer = ng.optimizers.ParametrizedCMA(popsize=size)(
+            _space(num_modules, bound, seed, init, sigma), budget=budget, num_workers=size)
     return NevergradStrategy(optimizer, size)
 
 
 def _ngopt(num_modules: int, budget: int, population: int | None, seed: int, bound: float) -> NevergradStrategy:
     # One worker, as the reference: NGOpt then picks Cobyla for small budgets, which must be told before the next ask.
-    optimizer = ng.optimizers.NGOpt(parametrization=_space(num_modules, bound, seed), budget=budget, num_workers=1)
+    with _library_notices_silenced():
+        optimizer = ng.optimizers.NGOpt(parametrization=_space(num_modules, bound, seed), budget=budget,
+                                        num_workers=1)
     return NevergradStrategy(optimizer, 1)
 
 
@@ -116,11 +186,12 @@ class ProbesThenCMA(Strategy):
             started from the best probe, CMA-ES did better with it than with a budget-sized one).
         seed: seeds CMA-ES.
         bound: search box half-width.
-        step: each probe's weight on its coordinate, and CMA-ES's initial step.
+        step: each probe's weight on its coordinate, and CMA-ES's initial step; at most ``bound``.
     """
 
     def __init__(self, num_modules: int, budget: int, population: int | None, seed: int, bound: float,
                  step: float = PROBE_STEP) -> None:
+        step = min(step, bound)  # a probe outside the box would be a candidate the search may not propose
         self.probes = [np.zeros(num_modules)] + [step * row for row in np.eye(num_modules)]
         self.generation_size = len(self.probes)
         self.population = population or default_population(num_modules)
@@ -158,5 +229,10 @@ DEFAULT_OPTIMIZER = "singles-cma"
 
 def make_strategy(name: str, num_modules: int, budget: int, population: int | None, seed: int,
                   bound: float) -> Strategy:
-    """The named strategy; the caller has checked that ``name`` is in `OPTIMIZERS`."""
+    """The named strategy; the caller has checked that ``name`` is in `OPTIMIZERS`.
+
+    Raises:
+        ConfigError: ``population`` is not ``None`` or an integer >= 2.
+    """
+    check_population(population)
     return OPTIMIZERS[name](num_modules, budget, population, seed, bound)

@@ -583,8 +583,8 @@ def load_sweep_config(path: str | Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise InputError(f"cannot read the sweep config {str(path)!r}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"the sweep config {str(path)!r} is not valid JSON: {err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"the sweep config {str(path)!r} is not valid JSON in UTF-8: {err}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"the sweep config {str(path)!r} must be a JSON object, got {type(config).__name__}")
     _check_keys(config, (*SWEEP_KEYS, *(key for key in TRIAL_KEYS if key not in ("task", "examples"))),
