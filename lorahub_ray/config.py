@@ -149,10 +149,10 @@ class PoolConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.num_actors, int) or self.num_actors < 0:
             raise ConfigError(f"`num_actors` must be an integer >= 0, got {self.num_actors!r}")
-        if self.cpus_per_actor <= 0:
-            raise ConfigError(f"`cpus_per_actor` must be > 0, got {self.cpus_per_actor!r}")
-        if self.gpus_per_actor < 0:
-            raise ConfigError(f"`gpus_per_actor` must be >= 0, got {self.gpus_per_actor!r}")
+        if not (isinstance(self.cpus_per_actor, (int, float)) and 0 < self.cpus_per_actor < math.inf):
+            raise ConfigError(f"`cpus_per_actor` must be a number > 0, got {self.cpus_per_actor!r}")
+        if not (isinstance(self.gpus_per_actor, (int, float)) and 0 <= self.gpus_per_actor < math.inf):
+            raise ConfigError(f"`gpus_per_actor` must be a number >= 0, got {self.gpus_per_actor!r}")
         _one_of("apply", self.apply, APPLY_METHODS)
         _one_of("dtype", self.dtype, tuple(DTYPES))
         _one_of("device", self.device, ("auto", "cpu", "cuda"))

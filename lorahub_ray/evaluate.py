@@ -12,7 +12,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from actors.examples import prompt_ids
-from actors.model import load_base, pick_device
+from actors.model import load_base, pick_device, quiet_loading
 from lorahub_ray.base import check_base
 from lorahub_ray.data import load_examples
 from lorahub_ray.errors import ConfigError, InputError
@@ -63,7 +63,8 @@ def load_model(base: str, adapter: str | Path | None = None, device: str = "auto
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+        with quiet_loading():
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
     return model, tokenizer
 
 

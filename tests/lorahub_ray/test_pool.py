@@ -90,6 +90,8 @@ def test_an_unreachable_cluster_is_a_one_line_error_not_a_retry_loop(t5_world, e
     ({"device": "cuda"}, "gpus_per_actor"), ({"device": "cuda", "gpus_per_actor": 0.0}, "gpus_per_actor"),
     ({"generation_timeout_s": 0}, "generation_timeout_s"), ({"generation_timeout_s": -1.0}, "generation_timeout_s"),
     ({"generation_timeout_s": math.nan}, "generation_timeout_s"),
+    ({"cpus_per_actor": math.nan}, "cpus_per_actor"), ({"cpus_per_actor": math.inf}, "cpus_per_actor"),
+    ({"gpus_per_actor": math.nan}, "gpus_per_actor"), ({"gpus_per_actor": math.inf}, "gpus_per_actor"),
 ])
 def test_bad_pool_settings_name_the_field(settings, field):
     with pytest.raises(ConfigError, match=f"`{field}`"):
