@@ -210,6 +210,7 @@ def sweep(tasks: Mapping[str, str | Path | list[dict]], param_space: Mapping[str
     """
     from ray import tune
 
+    _check_trial_limits(max_concurrent_trials, max_failures)
     tasks, param_space, settings = _check_sweep(tasks, param_space, settings)
     experiment = Path(storage_path or DEFAULT_STORAGE).expanduser().resolve() / name
     trainable = with_pool_resources()
@@ -260,9 +261,32 @@ def _check_sweep(tasks: Mapping, param_space: Mapping, settings: Mapping) -> tup
     settings = {key: _absolute(value, root) if key in PATH_KEYS else value for key, value in settings.items()}
     grid = [[(key, v) for v in value] if isinstance(value, list) else [(key, value)]
             for key, value in param_space.items()]
+    checked: set[tuple[str, tuple[str, ...]]] = set()
     for task, point in itertools.product(tasks, itertools.product(*grid)):
-        trial_resources({**settings, **dict(point), "task": task, "examples": tasks[task]})
+        trial = {**settings, **dict(point), "task": task, "examples": tasks[task]}
+        trial_resources(trial)
+        _check_trial_inputs(trial_settings(trial)[0], checked)
     return tasks, param_space, settings
+
+
+def _check_trial_inputs(config: RunConfig, checked: set[tuple[str, tuple[str, ...]]]) -> None:
+    """The trial's examples, modules and base, checked as `run` checks them (each base and module set once), so
+    that a missing or mismatched input stops the sweep before Tune starts any trial."""
+    load_examples(config.examples)
+    key = (config.base, tuple(config.modules))
+    if key not in checked:
+        entries = [index_module(module) for module in config.modules]
+        check_compatible(entries)
+        check_base(entries[0], config.base)
+        checked.add(key)
+
+
+def _check_trial_limits(max_concurrent_trials: object, max_failures: object) -> None:
+    if max_concurrent_trials is not None and (not isinstance(max_concurrent_trials, int)
+                                              or isinstance(max_concurrent_trials, bool) or max_concurrent_trials < 1):
+        raise ConfigError(f"`max_concurrent_trials` must be an integer >= 1 or None, got {max_concurrent_trials!r}")
+    if not isinstance(max_failures, int) or isinstance(max_failures, bool) or max_failures < 0:
+        raise ConfigError(f"`max_failures` must be an integer >= 0, got {max_failures!r}")
 
 
 def _check_task_name(task: str) -> None:

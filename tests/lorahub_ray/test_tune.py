@@ -17,7 +17,7 @@ from actors import WorkerSpec
 from actors.examples import tokenize_examples
 from actors.model import load_base
 from lorahub_ray.config import PoolConfig, RunConfig
-from lorahub_ray.errors import ConfigError, InputError
+from lorahub_ray.errors import ConfigError, InputError, LoraHubRayError
 from lorahub_ray.modules import load_stack
 from lorahub_ray.pool import WorkerPool
 from lorahub_ray.run import run
@@ -212,12 +212,32 @@ def test_module_pool_sampling_is_seeded(t5_world):
     ({"optimiser": "cma"}, "sweep settings: unknown \\['optimiser'\\]"),
     *[({"tasks": {name: "t.jsonl"}}, f"`tasks`: the task name {re.escape(repr(name))} is not a plain directory name")
       for name in ("..", ".", "", "/etc", "a/b", "..\\x")],
+    ({"max_failures": "x"}, "`max_failures` must be an integer >= 0"),
+    ({"max_concurrent_trials": 0}, "`max_concurrent_trials` must be an integer >= 1"),
 ])
 def test_bad_sweep_settings_name_the_field_before_anything_runs(t5_world, tmp_path, change, field):
     (tmp_path / "t.jsonl").write_text(json.dumps(EXAMPLES[0]) + "\n")
     settings = {"tasks": {"t": str(tmp_path / "t.jsonl")}, "param_space": {"l1": [0.0]}, "base": t5_world["base"],
                 "module_pool": t5_world["modules"], "storage_path": tmp_path, **change}
     with pytest.raises(ConfigError, match=field):
+        sweep(**settings)
+    assert not (tmp_path / "lorahub-sweep").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"base": "no/such/base"}, "base model 'no/such/base' could not be loaded"),
+    ({"module_pool": ["no/such/module"]}, "module 'no/such/module' is not a local directory"),
+    ({"tasks": {"t": "bad.jsonl"}}, "bad.jsonl, line 1: not valid JSON"),
+])
+def test_missing_or_bad_trial_inputs_stop_the_sweep_before_any_trial(t5_world, tmp_path, monkeypatch, change,
+                                                                       message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.jsonl").write_text(json.dumps(EXAMPLES[0]) + "\n")
+    (tmp_path / "bad.jsonl").write_text("{\n")
+    settings = {"tasks": {"t": "t.jsonl"}, "param_space": {"l1": [0.0]}, "base": t5_world["base"],
+                "module_pool": t5_world["modules"], "storage_path": tmp_path, **change}
+    with pytest.raises(LoraHubRayError, match=re.escape(message)):
         sweep(**settings)
     assert not (tmp_path / "lorahub-sweep").exists()
 
