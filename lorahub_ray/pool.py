@@ -56,6 +56,7 @@ class WorkerPool:
         self._restarts = 0  # actor deaths so far
         self._local: Worker | None = None  # the in-process worker when there are no actors
         if config.num_actors == 0:
+            _check_local_device(spec.device)
             self._local = Worker(spec, stack, examples)
             self.actors: list = []
             return
@@ -214,6 +215,15 @@ class WorkerPool:
         self.close()
 
 
+def _check_local_device(device: str) -> None:
+    """In-process evaluation on ``"cuda"`` needs a GPU that this process's torch can see."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("`device` 'cuda' in this process (`num_actors` 0), but torch sees no GPU here "
+                          f"(torch {torch.__version__}); use `device` 'auto' or 'cpu', or actors with GPUs")
+
+
 def ray_address(config: PoolConfig) -> str:
     """The address Ray is started with: ``config.address``, else the ``RAY_ADDRESS`` environment variable, else
     ``"local"``: a private instance, never a cluster that ``ray start`` left on this machine."""
@@ -229,9 +239,30 @@ def _start_ray(config: PoolConfig) -> None:
     if address != "local":
         _check_reachable(address)
     try:
-        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False, configure_logging=False)
+        with _auth_notice_quieted():
+            ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False,
+                     configure_logging=False)
     except ConnectionError as err:
         raise ConfigError(f"cannot join the Ray cluster at address {address!r}: {_first_line(err)}") from None
+
+
+AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"  # Ray's console notice at every start
+AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextmanager
+def _auth_notice_quieted() -> Iterator[None]:
+    """Drop Ray's notice that token authentication is on (it is, and stays on) while Ray starts; every other
+    message of that logger, the warning that authentication is off included, still shows."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(AUTH_NOTICE)
+
+    logger = logging.getLogger(AUTH_LOGGER)
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _check_reachable(address: str) -> None:

@@ -142,3 +142,32 @@ def test_the_pool_server_replaces_a_hung_actor_and_scores_the_candidate_again(lo
             local_ray.kill(server)
     assert [e.loss for e in evaluations] == expected
     assert restarts >= 1  # the hung actor (and any healthy one slower than 5 s)
+
+
+def test_in_process_cuda_without_a_gpu_is_one_error_line(t5_world, examples_file, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code = main(["search", "--base", t5_world["base"], "--modules", *t5_world["modules"], "--examples",
+                 str(examples_file), "--output", str(tmp_path / "out"), "--actors", "0", "--device", "cuda",
+                 "--quiet"])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("error: `device` 'cuda' in this process (`num_actors` 0)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_start_drops_only_the_notice_that_authentication_is_on(caplog):
+    import logging
+
+    from lorahub_ray.pool import AUTH_LOGGER, AUTH_NOTICE, _auth_notice_quieted
+
+    from ray._private.authentication import authentication_token_setup as ray_auth  # Ray's own notices
+
+    with caplog.at_level(logging.WARNING, logger=AUTH_LOGGER):
+        with _auth_notice_quieted():
+            ray_auth._warn_token_auth_enabled()
+            ray_auth._warn_token_auth_disabled()
+        ray_auth._warn_token_auth_enabled()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert messages[0].startswith("Token authentication is disabled") and messages[1].startswith(AUTH_NOTICE)
