@@ -11,6 +11,7 @@ of the pool are the candidates. Writes ``--out`` (default benchmarks/results/bbh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
@@ -20,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from needs import private_ray  # noqa: E402
 from protocol import Case, measured_speedup, run_methods  # noqa: E402
 
 from lorahub_ray.errors import InputError  # noqa: E402
@@ -84,12 +86,9 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=40)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bbh.json")
     args = parser.parse_args()
-    import ray
-
     needs_ray = any(m.endswith("equal_time") for m in args.methods)
-    if needs_ray:
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    summary = run_bbh(args.bbh, args.base, args.modules, args.tasks, args.seeds, args.methods, args.budget)
+    with private_ray() if needs_ray else contextlib.nullcontext():
+        summary = run_bbh(args.bbh, args.base, args.modules, args.tasks, args.seeds, args.methods, args.budget)
     for method, figures in summary.items():
         print(f"{method:34s} avg {figures['avg']:6.1f}  best {figures['best']:6.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from needs import require  # noqa: E402
+from needs import private_ray, require  # noqa: E402
 from protocol import lorahub_search, load_shards, measured_speedup, parse_shard, remove_shards, save_shard  # noqa: E402
 from quality import cases  # noqa: E402
 
@@ -56,8 +56,6 @@ def main() -> None:
     parser.add_argument("--combine", type=int, default=None, help="N: summarise the rows saved by N shards")
     args = parser.parse_args()
     require(__file__, ("matplotlib",))
-    import ray
-
     args.zoo, manifest = ensure_zoo(args.zoo)
     tasks = [entry["task"] for entry in manifest["heldout"]][: 3 if args.quick else None]
     seeds = SEEDS[: 2 if args.quick else None]
@@ -93,9 +91,8 @@ def main() -> None:
     walls = [time.time() - started]
     if args.combine is not None:
         rows, walls = load_shards(RESULTS, name, args.combine)
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    speedup = measured_speedup(next(iter(cases(args.zoo, manifest, args.model, tasks, seeds)))[3])
-    ray.shutdown()
+    with private_ray():
+        speedup = measured_speedup(next(iter(cases(args.zoo, manifest, args.model, tasks, seeds)))[3])
     table: dict = {}
     for row in rows:
         cell = table.setdefault(row["optimizer"], {}).setdefault(str(row["actors"]), {})

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from needs import require  # noqa: E402
+from needs import private_ray, require  # noqa: E402
 from protocol import Case  # noqa: E402
 
 from lorahub_ray.demo import ensure_zoo  # noqa: E402
@@ -179,12 +179,8 @@ def main() -> None:
     if not args.scale_only:  # the accuracy part draws a plot
         require(__file__, ("matplotlib",))
     started = time.time()
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    with tempfile.TemporaryDirectory() as tmp:
+    with private_ray(), tempfile.TemporaryDirectory() as tmp:
         scale_rows = scale(Path(tmp), None)
-    ray.shutdown()
     print(f"{SCALE_MODULES} modules: indexed in {scale_rows['index_seconds']:.1f}s "
           f"(index {scale_rows['index_bytes'] / 2**20:.1f} MiB, pool {scale_rows['pool_bytes'] / 2**20:.0f} MiB, "
           f"K={K} modules {scale_rows['k_modules_bytes'] / 2**20:.1f} MiB)")

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from needs import require  # noqa: E402
+from needs import private_ray, require  # noqa: E402
 from protocol import Case, load_shards, measured_speedup, parse_shard, remove_shards, run_methods, save_shard  # noqa: E402
 
 from lorahub_ray.demo import PREBUILT_ZOO_DIR, ensure_zoo  # noqa: E402
@@ -114,8 +114,6 @@ def main() -> None:
     parser.add_argument("--combine", type=int, default=None, help="N: summarise the rows saved by N shards")
     args = parser.parse_args()
     require(__file__, ("matplotlib",))
-    import ray
-
     args.zoo, manifest = ensure_zoo(args.zoo)
     if args.model not in manifest["bases"]:  # the prebuilt zoo holds the T5 kind only: build into the cache
         args.zoo = DEFAULT_ZOO_DIR if args.zoo == PREBUILT_ZOO_DIR else args.zoo
@@ -131,9 +129,8 @@ def main() -> None:
     todo = [] if args.combine is not None else cases(args.zoo, manifest, args.model, tasks, seeds, shard)
     for number, task, seed, case in todo:
         if speedup is None:
-            ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-            speedup = measured_speedup(case)
-            ray.shutdown()
+            with private_ray():
+                speedup = measured_speedup(case)
             print(f"2 actors: {speedup:.2f}x the sequential evaluation rate on this machine", flush=True)
         outcome = run_methods(case, METHODS, budget=BUDGET, speedup=speedup)
         runs.append({"case": number, "task": task, "seed": seed, "speedup": speedup, **outcome})

@@ -48,7 +48,7 @@ RESULTS = Path(__file__).parent / "results"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from needs import require  # noqa: E402
+from needs import private_ray, require  # noqa: E402
 
 from actors import Worker, WorkerSpec  # noqa: E402
 from actors.examples import tokenize_examples  # noqa: E402
@@ -218,16 +218,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the tiny model only, no memory measurement")
     args = parser.parse_args()
     require(__file__, ("matplotlib",))
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     rows, started = [], time.time()
-    with tempfile.TemporaryDirectory() as tmp:
+    with private_ray(), tempfile.TemporaryDirectory() as tmp:
         for name in QUICK_CASES if args.quick else CASES:
             rows.append(measure_case(name, Path(tmp)))
             report(rows[-1])
         memory = None if args.quick else store_memory(Path(tmp))
-    ray.shutdown()
     if memory:
         print(f"\nstore of {memory['modules']} modules ({memory['store_bytes'] / 2**20:.0f} MiB): per-actor extra "
               f"memory {[f'{f:.1%}' for f in memory['per_actor_extra_fraction_of_store']]} of the store")

@@ -47,6 +47,6 @@ def local_ray():
     """A local Ray with 2 CPUs for this test module; shut down after it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()

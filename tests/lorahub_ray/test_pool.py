@@ -1,7 +1,6 @@
 """WorkerPool and PoolServer lifecycle: which Ray is started or joined, Ray never left running after an error,
 devices, and hung actors behind the Tune pool server."""
 
-import asyncio
 import logging
 import math
 import socket
