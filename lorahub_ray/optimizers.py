@@ -65,11 +65,13 @@ def check_population(population: object) -> None:
 @contextmanager
 def _library_notices_silenced() -> Iterator[None]:
     """Hide, in the project's own optimizer calls only, notices that users can do nothing about: NGOpt's Cobyla hands
-    scipy a final trust radius that scipy corrects on every run, and pycma reports its own internal mean injection
-    when popsize is small. The caller's warning filters are left as they were."""
+    scipy a final trust radius that scipy corrects on every run, pycma reports its own internal mean injection
+    when popsize is small, and pycma says on import that it cannot plot without matplotlib (imported at the first
+    CMA-ES ask). The caller's warning filters are left as they were."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="COBYLA: Invalid (RHOEND|MAXFUN)", category=UserWarning)
         warnings.filterwarnings("ignore", message="orphanated injected solution")
+        warnings.filterwarnings("ignore", message="Could not import matplotlib.pyplot", category=UserWarning)
         yield
 
 
@@ -122,7 +124,8 @@ class OneWeightCMA(Strategy):
 
     def __init__(self, population: int, seed: int, bound: float, init: float = 0.0,
                  sigma: float | None = None) -> None:
-        import cma  # nevergrad's own CMA-ES backend
+        with _library_notices_silenced():
+            import cma  # nevergrad's own CMA-ES backend
 
         self.generation_size = self.population = population
         self.bound = bound

@@ -76,6 +76,19 @@ def test_library_notices_are_silenced_in_the_projects_own_calls_only():
     assert not [w for w in caught if str(w.message).startswith(LIBRARY_NOTICES)]
 
 
+@pytest.mark.parametrize("num_modules", [1, 3])
+def test_pycma_says_nothing_about_plotting_when_matplotlib_is_missing(num_modules):
+    """pycma warns on import that it cannot plot without matplotlib; a search imports it, and says nothing."""
+    code = ("import sys, warnings; sys.modules['matplotlib'] = None; warnings.simplefilter('always'); "
+            "import numpy as np; from lorahub_ray.search import Outcome, Search, minimize; "
+            f"search = Search({num_modules}, budget=12, optimizer='cma', population=4, seed=0); "
+            "minimize(search, lambda p: [Outcome(float(np.sum(w ** 2))) for w in p]); "
+            "assert 'cma' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "matplotlib" not in done.stderr, done.stderr
+
+
 @pytest.mark.slow
 def test_a_search_over_one_module_writes_its_adapter(t5_world, examples_file, tmp_path):
     from lorahub_ray.run import run
