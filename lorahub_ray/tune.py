@@ -34,7 +34,7 @@ from lorahub_ray.data import load_examples
 from lorahub_ray.errors import ConfigError, InputError, WorkerError
 from lorahub_ray.export import ADAPTER_DIR, RESULT_FILE, write_adapter, write_json
 from lorahub_ray.modules import check_compatible, index_module, stack_modules
-from lorahub_ray.output import check_output, is_own, staged_result
+from lorahub_ray.output import MARKER, check_output, is_own, staged_result
 from lorahub_ray.pool import WorkerPool
 from lorahub_ray.run import run, worker_spec
 from lorahub_ray.search import Evaluation, Search, failure_penalty, l1_score
@@ -503,7 +503,7 @@ class WeightSearchResult:
         return self.output / ADAPTER_DIR if self.output else None
 
     def to_dict(self) -> dict:
-        return {"weights": self.weights, "best_score": self.best_score, "best_loss": self.best_loss,
+        return {**MARKER, "weights": self.weights, "best_score": self.best_score, "best_loss": self.best_loss,
                 "evaluations": len(self.history), "experiment": str(self.experiment),
                 "history": [e.to_dict() for e in self.history]}
 

@@ -11,6 +11,7 @@ import pytest
 from actors import Worker, WorkerSpec
 from lorahub_ray.config import PoolConfig
 from lorahub_ray.modules import load_stack
+from lorahub_ray.output import is_own
 from lorahub_ray.pool import WorkerPool
 from lorahub_ray.search import FIRST_FAILURE_SCORE, failure_penalty
 from lorahub_ray.tune import PoolServer, default_weight_searcher, weight_keys, weight_search
@@ -63,6 +64,7 @@ def test_every_trial_reports_the_score_of_its_own_weights_and_the_best_is_export
     assert list(result.weights.values()) == best_weights and list(result.weights) == t5_world["modules"]
     saved = json.loads((root / "out" / "result.json").read_text())
     assert saved["best_score"] == result.best_score and saved["evaluations"] == 6
+    assert is_own(root / "out")  # marked as lorahub-ray's own, so a later --overwrite may replace it
     assert _loss(t5_world["base"], root / "out" / "adapter", EXAMPLES) == pytest.approx(result.best_loss, rel=1e-5)
 
 
