@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -65,20 +66,38 @@ def quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def split_gguf(base: str) -> tuple[str, dict[str, str]]:
+    """``base`` as ``from_pretrained`` arguments: a ``.gguf`` file becomes its directory plus ``gguf_file=name``.
+
+    Example: ``split_gguf("models/smol.gguf") == ("models", {"gguf_file": "smol.gguf"})``; any other ``base``
+    (a directory or hub id) comes back unchanged, with no extra arguments.
+    """
+    if base.lower().endswith(".gguf"):
+        path = Path(base)
+        return str(path.parent), {"gguf_file": path.name}
+    return base, {}
+
+
 def is_encoder_decoder(base: str) -> bool:
-    """Whether the model at ``base`` (a local dir or hub id) is an encoder-decoder, read from its config."""
-    return bool(getattr(AutoConfig.from_pretrained(base), "is_encoder_decoder", False))
+    """Whether the model at ``base`` (a local dir, hub id or ``.gguf`` file) is an encoder-decoder, by its config."""
+    source, extra = split_gguf(base)
+    return bool(getattr(AutoConfig.from_pretrained(source, **extra), "is_encoder_decoder", False))
 
 
 def load_base(
     base: str, device: torch.device, dtype: str = "float32"
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """Load the base model in eval mode on ``device`` with ``dtype``, and its tokenizer (quietly: `quiet_loading`)."""
+    """Load the base model in eval mode on ``device`` with ``dtype``, and its tokenizer (quietly: `quiet_loading`).
+
+    ``base`` is a local directory, a hub id or a ``.gguf`` file (dequantised on every load: convert it once with
+    ``lorahub-ray convert-gguf`` where a base is loaded often).
+    """
+    source, extra = split_gguf(base)
     with quiet_loading():
         auto = AutoModelForSeq2SeqLM if is_encoder_decoder(base) else AutoModelForCausalLM
-        model = auto.from_pretrained(base, dtype=DTYPES[dtype]).to(device).eval()
+        model = auto.from_pretrained(source, dtype=DTYPES[dtype], **extra).to(device).eval()
         model.requires_grad_(False)
-        tokenizer = AutoTokenizer.from_pretrained(base)
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

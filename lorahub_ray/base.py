@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
 
 from lorahub_ray.errors import InputError, ModuleMismatchError
+from lorahub_ray.gguf import gguf_config, is_gguf
 from lorahub_ray.modules import ModuleEntry
 
 
 def skeleton(base: str) -> nn.Module:
-    """The base model's architecture on the meta device: shapes and module paths, no memory."""
+    """The base model's architecture on the meta device: shapes and module paths, no memory.
+
+    Raises:
+        InputError: ``base`` is no model directory or hub id, or a ``.gguf`` file that cannot be read.
+        ConfigError: ``base`` is a ``.gguf`` file and the ``gguf`` package is missing.
+    """
+    config = gguf_config(base) if is_gguf(base) else _config(base)
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto.from_config(config)
+
+
+def _config(base: str) -> PretrainedConfig:
+    """The config of the model directory or hub id ``base``."""
     try:
-        config = AutoConfig.from_pretrained(base)
+        return AutoConfig.from_pretrained(base)
     except Exception as err:  # no such directory or hub id, no config.json, or one that is not a model's
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise InputError(f"base model {base!r} could not be loaded: no model config.json found locally or on the hub "
                          f"({type(err).__name__}: {first_line})") from None
-    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    with torch.device("meta"):
-        return auto.from_config(config)
 
 
 def check_base(module: ModuleEntry, base: str) -> None:

@@ -1,4 +1,5 @@
-"""The ``lorahub-ray`` command: ``search``, ``evaluate``, ``demo``, ``zoo build``, ``zoo check`` and ``tune``.
+"""The ``lorahub-ray`` command: ``search``, ``evaluate``, ``convert-gguf``, ``demo``, ``zoo build``, ``zoo check``
+and ``tune``.
 
 Errors that lorahub-ray raises on purpose are printed as one paragraph (``error: ...``, exit code 2);
 anything else keeps its traceback, because it is a bug.
@@ -104,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-new-tokens", type=int, default=256)
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
+    convert = commands.add_parser("convert-gguf", help="write a GGUF model as a Hugging Face directory, once "
+                                  "(a .gguf --base is dequantised on every load)")
+    convert.add_argument("gguf_file", help="the .gguf file")
+    convert.add_argument("out_dir", help="the directory to write (must not exist yet)")
+
     demo = commands.add_parser("demo", help="the offline demo: a held-out task of the built-in zoo, end to end")
     demo.add_argument("--zoo", default=None, help="zoo directory (default: the packaged zoo, built if missing)")
     demo.add_argument("--task", default=None, help="held-out task name (default: the first)")
@@ -204,6 +210,16 @@ def _check_json_output(path: Path) -> None:
         raise ConfigError(f"--json {str(path)!r} cannot be written (no write permission)")
 
 
+def _convert_gguf(args: argparse.Namespace) -> None:
+    import time
+
+    from lorahub_ray.gguf import convert_gguf
+
+    start = time.perf_counter()
+    out = convert_gguf(args.gguf_file, args.out_dir)
+    print(f"wrote {out} in {time.perf_counter() - start:.1f} s; use it as --base")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from lorahub_ray.demo import run_demo
 
@@ -251,7 +267,8 @@ def _zoo_check(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"search": _search, "evaluate": _evaluate, "demo": _demo, "zoo": _zoo, "tune": run_tune_command}
+        commands = {"search": _search, "evaluate": _evaluate, "convert-gguf": _convert_gguf, "demo": _demo,
+                    "zoo": _zoo, "tune": run_tune_command}
         commands[args.command](args)
     except LoraHubRayError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -41,7 +41,7 @@ class RunConfig:
     """What shapes a search's result; saved in ``result.json``.
 
     Args:
-        base: base model, a local directory or hub id.
+        base: base model, a local directory, hub id or ``.gguf`` file.
         modules: LoRA adapters (local directories or hub ids), in weight order.
         examples: path of a JSONL file of ``{"input", "output"}`` lines, or the examples themselves.
         budget: number of evaluations, exactly.

@@ -16,6 +16,7 @@ from actors.model import load_base, pick_device, quiet_loading
 from lorahub_ray.base import check_base
 from lorahub_ray.data import load_examples
 from lorahub_ray.errors import ConfigError, InputError
+from lorahub_ray.gguf import gguf_config, is_gguf
 from lorahub_ray.modules import CONFIG_FILE, index_module
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -56,6 +57,8 @@ def load_model(base: str, adapter: str | Path | None = None, device: str = "auto
     """The base model with ``adapter`` (a PEFT LoRA directory, checked first) merged in, or the bare base model."""
     if adapter is not None:
         check_adapter(base, adapter)
+    elif is_gguf(base):
+        gguf_config(base)  # a clear error for a bad GGUF file before transformers tries it
     try:
         model, tokenizer = load_base(base, pick_device(device), dtype)
     except (OSError, ValueError) as err:  # no such model, or a directory whose config.json is not a model's

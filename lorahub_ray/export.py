@@ -57,11 +57,15 @@ def write_adapter(directory: Path, stack: LoraStack, weights: np.ndarray, mode: 
 def write_merged(directory: Path, base: str, adapter: Path) -> Path:
     """Merge the adapter into the base model and save the full model and tokenizer to ``directory``."""
     from actors.model import load_base, quiet_loading
+    from lorahub_ray.gguf import is_gguf, plain_copy
     from peft import PeftModel
 
     model, tokenizer = load_base(base, torch.device("cpu"))
     with quiet_loading():
         merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    if is_gguf(base):
+        merged = plain_copy(merged)  # a model loaded from GGUF refuses save_pretrained
+    with quiet_loading():
         merged.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
     return directory

@@ -63,3 +63,65 @@ def build_random_modules(base: str | Path, out: str | Path, count: int, rank: in
         peft_model.save_pretrained(path)
         paths.append(path)
     return paths
+
+
+def _byte_level_vocab() -> tuple[list[str], list[str]]:
+    """A GPT-2 style byte-level vocabulary: the 256 byte symbols, a few merged pairs, and ``<|endoftext|>``."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    merges = ["Ġ t", "h e", "Ġ a", "i n", "Ġt he", "e r", "o n", "Ġ s", "r e", "a t"]
+    tokens = symbols + [merge.replace(" ", "") for merge in merges] + ["<|endoftext|>"]
+    return tokens, merges
+
+
+def build_random_gguf(path: str | Path, d_model: int = 32, layers: int = 2, heads: int = 4, d_ff: int = 64,
+                      seed: int = 0) -> Path:
+    """Write a randomly initialised Llama with a byte-level BPE tokenizer as one float32 GGUF file (needs ``gguf``).
+
+    The weights are written as llama.cpp names them (``token_embd``, ``blk.N.attn_q``, ...); q/k rows are not
+    permuted, which only matters for comparisons with a model written from the same weights some other way.
+    """
+    import gguf
+    import numpy as np
+
+    tokens, merges = _byte_level_vocab()
+    vocab, eos = len(tokens), len(tokens) - 1
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("toy-llama")
+    writer.add_context_length(512)
+    writer.add_block_count(layers)
+    writer.add_embedding_length(d_model)
+    writer.add_feed_forward_length(d_ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(heads)
+    writer.add_rope_dimension_count(d_model // heads)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_vocab_size(vocab)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * (vocab - 1) + [3])  # 1 normal, 3 control
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(eos)
+    writer.add_eos_token_id(eos)
+    rng = np.random.default_rng(seed)
+
+    def add(name: str, *shape: int) -> None:
+        values = np.ones(shape) if len(shape) == 1 else rng.normal(0.0, shape[-1] ** -0.5, shape)
+        writer.add_tensor(name, values.astype(np.float32))
+
+    add("token_embd.weight", vocab, d_model)
+    for n in range(layers):
+        for name, shape in [("attn_norm", (d_model,)), ("attn_q", (d_model, d_model)),
+                            ("attn_k", (d_model, d_model)), ("attn_v", (d_model, d_model)),
+                            ("attn_output", (d_model, d_model)), ("ffn_norm", (d_model,)),
+                            ("ffn_gate", (d_ff, d_model)), ("ffn_up", (d_ff, d_model)),
+                            ("ffn_down", (d_model, d_ff))]:
+            add(f"blk.{n}.{name}.weight", *shape)
+    add("output_norm.weight", d_model)
+    add("output.weight", vocab, d_model)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers.utils import logging as hf_logging
 
-from actors.model import load_base, pick_device
+from actors.model import load_base, pick_device, split_gguf
 
 
 @pytest.fixture()
@@ -59,3 +59,10 @@ def test_importing_the_worker_side_installs_no_warning_filter():
             "print([str(f[1].pattern) for f in warnings.filters if f[1] is not None])")
     printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "is_gradient_checkpointing" not in printed and printed.startswith("[")
+
+
+def test_split_gguf_turns_a_gguf_path_into_from_pretrained_arguments():
+    assert split_gguf("models/smol.Q4_1.GGUF") == ("models", {"gguf_file": "smol.Q4_1.GGUF"})
+    assert split_gguf("smol.gguf") == (".", {"gguf_file": "smol.gguf"})
+    assert split_gguf("models/smol") == ("models/smol", {})
+    assert split_gguf("HuggingFaceTB/SmolLM2-135M") == ("HuggingFaceTB/SmolLM2-135M", {})
