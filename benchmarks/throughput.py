@@ -1,15 +1,17 @@
 """Throughput of LoraHub evaluations, measured side by side on the same model, modules and examples:
 
   (a) reference  the reference's loop: rebuild the composed state dict, reload it, run the unmerged PEFT model
-  (b) bare       one forward pass of the base model alone (the physical limit of one evaluation)
+  (b) bare       the base model's own forward pass (full-vocabulary logits at every position), no modules
   (c) in-place   the engine's evaluation, one candidate at a time (merge; and the PEFT-slot variant)
   (d) batched    the engine scoring a population of candidates in one forward pass
   (e) ray        the whole search (ask, dispatch, evaluate, tell) on 1 and 2 Ray actors, evaluations/s
 
-plus dtype speed and loss difference, and each actor's extra memory with a 200-module store.
+plus dtype speed and loss difference, and each actor's extra memory with a 200-module store; and a SmolLM2-shaped
+case (random weights of SmolLM2-135M's shape, its 49,152-token vocabulary): (a), (b) and (c) interleaved.
 
     python benchmarks/throughput.py            # every case (several minutes on 2 CPU cores)
     python benchmarks/throughput.py --quick    # the tiny model only, under a minute
+    python benchmarks/throughput.py --smollm2  # the SmolLM2-shaped case only (a few minutes)
 
 Every single-process timing uses one torch thread, as one actor with one CPU does. Prints ratios, writes
 benchmarks/results/throughput.json and benchmarks/results/throughput.png.
@@ -38,6 +40,10 @@ CASES = {  # name: (kind, d_model, layers per stack, heads, d_ff, modules, rank,
     "llama-512x6": ("llama", 512, 6, 8, 1408, 20, 16, 100),
 }
 QUICK_CASES = ["tiny-t5"]
+SMOLLM2 = {"vocab_size": 49152, "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,  # its config
+           "num_key_value_heads": 3, "intermediate_size": 1536, "tie_word_embeddings": True,
+           "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0}
+SMOLLM2_MODULES, SMOLLM2_RANK = 20, 8
 REPEATS = 5  # timed evaluations per measurement (median reported)
 POPULATION = 8  # candidates per batched pass and per search generation
 SEARCH_BUDGET = 24  # evaluations per Ray search measurement
@@ -51,8 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from needs import private_ray, require  # noqa: E402
 
 from actors import Worker, WorkerSpec  # noqa: E402
-from actors.examples import tokenize_examples  # noqa: E402
-from actors.loss import example_token_losses  # noqa: E402
+from actors.examples import IGNORE, tokenize_examples  # noqa: E402
+from actors.model import quiet_loading  # noqa: E402
 from lorahub_ray.config import PoolConfig  # noqa: E402
 from lorahub_ray.modules import load_stack  # noqa: E402
 from lorahub_ray.pool import WorkerPool  # noqa: E402
@@ -75,6 +81,30 @@ def median_seconds(fn, repeats: int = REPEATS) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def bare_forward(model: torch.nn.Module, batch) -> torch.Tensor:
+    """The base model's own forward pass over the examples, as a user calls it: logits ``(E, T, V)``
+    (``(E, T_out, V)`` for an encoder-decoder, fed the labels' decoder inputs)."""
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
+    if batch.encoder_decoder:
+        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=batch.labels)
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def interleaved_medians(fns: dict, repeats: int = REPEATS) -> dict[str, float]:
+    """Median seconds of each function, timed in turns (a, b, c, a, b, c, ...) so that a busy machine slows all
+    alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def reference_evaluation(base: Path, modules: list[Path], examples: list[dict]):
@@ -127,7 +157,7 @@ def measure_case(name: str, root: Path) -> dict:
     row["a_reference_s"] = median_seconds(lambda: reference(rng.uniform(-1.5, 1.5, n_modules)))
     worker = Worker(WorkerSpec(base=str(base), device="cpu", num_threads=1), stack, examples)
     row["parameters"] = sum(p.numel() for p in worker.model.parameters())
-    row["b_bare_forward_s"] = median_seconds(lambda: example_token_losses(worker.model, worker.batch))
+    row["b_bare_forward_s"] = median_seconds(lambda: bare_forward(worker.model, worker.batch))
     row["c_inplace_merge_s"] = median_seconds(lambda: worker.loss(rng.uniform(-1.5, 1.5, n_modules)))
     population = rng.uniform(-1.5, 1.5, (POPULATION, n_modules))
     row["d_batched_s"] = median_seconds(lambda: worker.losses(population)) / POPULATION
@@ -145,6 +175,52 @@ def measure_case(name: str, root: Path) -> dict:
             row[f"e_ray_{actors}_actors_pass{per_pass}_evals_per_s"] = ray_search_rate(
                 base, stack, examples, actors, per_pass)
     return row
+
+
+def build_smollm2_shaped_base(out: Path) -> Path:
+    """Save a random-weight Llama of SmolLM2-135M's shape with a byte tokenizer (its ids are all < the vocabulary)."""
+    from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = ByT5Tokenizer()
+    config = LlamaConfig(**SMOLLM2, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=None)
+    with quiet_loading():  # no "Writing model shards" bar
+        LlamaForCausalLM(config).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def measure_smollm2(root: Path) -> dict:
+    """ms per evaluation on a SmolLM2-shaped model: reference loop, bare full forward and the engine, in turns."""
+    base = build_smollm2_shaped_base(root / "smollm2" / "base")
+    modules = build_random_modules(base, root / "smollm2" / "modules", SMOLLM2_MODULES, rank=SMOLLM2_RANK, seed=1)
+    examples = make_examples(100)
+    rng = np.random.default_rng(0)
+    torch.set_num_threads(1)
+    reference = reference_evaluation(base, modules, examples)
+    worker = Worker(WorkerSpec(base=str(base), device="cpu", num_threads=1), load_stack([str(m) for m in modules]),
+                    examples)
+    seconds = interleaved_medians({
+        "a_reference_s": lambda: reference(rng.uniform(-1.5, 1.5, SMOLLM2_MODULES)),
+        "b_bare_forward_s": lambda: bare_forward(worker.model, worker.batch),
+        "c_inplace_merge_s": lambda: worker.loss(rng.uniform(-1.5, 1.5, SMOLLM2_MODULES)),
+    })
+    E, T = worker.batch.input_ids.shape
+    return {"case": "smollm2-shaped", "config": SMOLLM2, "modules": SMOLLM2_MODULES, "rank": SMOLLM2_RANK,
+            "parameters": sum(p.numel() for p in worker.model.parameters()), "examples": E, "tokens": T,
+            "answer_tokens": int((worker.batch.labels != IGNORE).sum()), **seconds}
+
+
+def report_smollm2(row: dict) -> None:
+    bare, engine = row["b_bare_forward_s"], row["c_inplace_merge_s"]
+    print(f"\n{row['case']}: {row['parameters'] / 1e6:.1f}M parameters, vocabulary {row['config']['vocab_size']}, "
+          f"{row['examples']} examples of {row['tokens']} tokens ({row['answer_tokens']} answer tokens), "
+          f"{row['modules']} rank-{row['rank']} modules, one thread")
+    print(f"  (a) reference loop     {row['a_reference_s'] * 1e3:9.1f} ms/eval")
+    print(f"  (b) bare full forward  {bare * 1e3:9.1f} ms/eval")
+    print(f"  (c) in-place merge     {engine * 1e3:9.1f} ms/eval  = {engine / bare:.2f}x (b) (target <= 0.85x), "
+          f"{row['a_reference_s'] / engine:.1f}x faster than (a)")
 
 
 def store_memory(root: Path) -> dict:
@@ -216,14 +292,21 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="LoraHub evaluation throughput, side by side")
     parser.add_argument("--quick", action="store_true", help="the tiny model only, no memory measurement")
+    parser.add_argument("--smollm2", action="store_true", help="the SmolLM2-shaped case only")
     args = parser.parse_args()
     require(__file__, ("matplotlib",))
+    if args.smollm2:
+        smollm2_only()
+        return
     rows, started = [], time.time()
     with private_ray(), tempfile.TemporaryDirectory() as tmp:
         for name in QUICK_CASES if args.quick else CASES:
             rows.append(measure_case(name, Path(tmp)))
             report(rows[-1])
         memory = None if args.quick else store_memory(Path(tmp))
+        smollm2 = None if args.quick else measure_smollm2(Path(tmp))
+    if smollm2:
+        report_smollm2(smollm2)
     if memory:
         print(f"\nstore of {memory['modules']} modules ({memory['store_bytes'] / 2**20:.0f} MiB): per-actor extra "
               f"memory {[f'{f:.1%}' for f in memory['per_actor_extra_fraction_of_store']]} of the store")
@@ -231,13 +314,31 @@ def main() -> None:
     name = "throughput_quick" if args.quick else "throughput"
     (RESULTS / f"{name}.json").write_text(json.dumps({
         "command": "python benchmarks/throughput.py" + (" --quick" if args.quick else ""),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+        "machine": machine(),
         "threads_per_evaluation": 1, "population": POPULATION, "wall_seconds": time.time() - started,
-        "cases": rows, "store_memory": memory,
+        "cases": rows, "store_memory": memory, "smollm2_shaped": smollm2,
     }, indent=2) + "\n")
     plot(rows, RESULTS / f"{name}.png")
     print(f"wrote {RESULTS / name}.json and .png")
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+
+
+def smollm2_only() -> None:
+    """``--smollm2``: the SmolLM2-shaped case alone; writes benchmarks/results/throughput_smollm2.json."""
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        row = measure_smollm2(Path(tmp))
+    report_smollm2(row)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "throughput_smollm2.json"
+    path.write_text(json.dumps({"command": "python benchmarks/throughput.py --smollm2", "machine": machine(),
+                                "threads_per_evaluation": 1, "wall_seconds": time.time() - started,
+                                "case": row}, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
