@@ -25,17 +25,14 @@ FORMAT = 2  # 2: records the inputs' fingerprint; 1 (before it) cannot be resume
 _HASHES: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime_ns) -> sha256, this process's
 
 
-def save_checkpoint(directory: Path, config: RunConfig, history: Sequence[Evaluation],
-                    inputs: dict | None = None) -> Path:
-    """Write ``directory/checkpoint.json`` atomically (a reader never sees a partial file).
-
-    ``inputs`` is `fingerprint` of the search's inputs, computed here when not given.
-    """
+def save_checkpoint(directory: Path, config: RunConfig, history: Sequence[Evaluation], inputs: dict) -> Path:
+    """Write ``directory/checkpoint.json`` atomically (a reader never sees a partial file); ``inputs`` is the
+    `fingerprint` of the search's inputs, computed once per search by the caller."""
     Path(directory).mkdir(exist_ok=True)
     path = Path(directory) / CHECKPOINT_FILE
     partial = path.with_name(PARTIAL_CHECKPOINT)
     payload = {**MARKER, "format": FORMAT, "config": config.to_dict(),
-               "inputs": inputs if inputs is not None else fingerprint(config),
+               "inputs": inputs,
                "history": [e.to_dict() for e in history]}
     partial.write_text(json.dumps(payload) + "\n", encoding="utf-8")
     os.replace(partial, path)

@@ -28,7 +28,7 @@ import numpy as np
 
 from actors import CandidateLoss
 from lorahub_ray.base import check_base
-from lorahub_ray.checkpoint import load_checkpoint, save_checkpoint
+from lorahub_ray.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from lorahub_ray.config import PoolConfig, RunConfig
 from lorahub_ray.data import load_examples
 from lorahub_ray.errors import ConfigError, InputError, WorkerError
@@ -131,15 +131,16 @@ def search_trial(config: dict) -> None:
     from ray import tune
 
     run_config, pool = trial_settings(config)
+    inputs = fingerprint(run_config)  # once per trial, not per report
     lap = _stopwatch()
 
     def report(search: Search) -> None:
         if not search.done:  # the last generation is reported with the adapter, once that is written
-            _report(run_config, search.history, lap())
+            _report(run_config, inputs, search.history, lap())
 
     result = run(run_config, pool, Path(tune.get_context().get_trial_dir()) / SEARCH_DIR, overwrite=True,
                  progress=False, on_generation=report, history=_restored_history(run_config))
-    _report(run_config, result.history, lap(), adapter=str(result.adapter_dir))
+    _report(run_config, inputs, result.history, lap(), adapter=str(result.adapter_dir))
 
 
 def _stopwatch() -> Callable[[], float]:
@@ -170,7 +171,8 @@ def _restored_history(config: RunConfig) -> list[Evaluation]:
     return history
 
 
-def _report(config: RunConfig, history: Sequence[Evaluation], seconds: float, **extra: object) -> None:
+def _report(config: RunConfig, inputs: dict, history: Sequence[Evaluation], seconds: float,
+            **extra: object) -> None:
     """`tune.report` the search so far with a checkpoint holding ``checkpoint.json``."""
     from ray import tune
 
@@ -178,7 +180,7 @@ def _report(config: RunConfig, history: Sequence[Evaluation], seconds: float, **
     metrics = {"best_score": best.score, "best_loss": best.loss, "evaluations": len(history),
                "generation": history[-1].generation + 1, "generation_seconds": seconds, **extra}
     with tempfile.TemporaryDirectory() as directory:
-        save_checkpoint(Path(directory), config, history)
+        save_checkpoint(Path(directory), config, history, inputs)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
