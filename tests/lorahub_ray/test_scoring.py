@@ -1,0 +1,87 @@
+"""Scoring a model: option accuracy, generation that stops at every end token, the automatic token budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actors.examples import collate, example_ids
+from actors.loss import example_token_losses
+from lorahub_ray.errors import InputError
+from lorahub_ray.evaluate import ANSWER_MARGIN, answer_budget, end_token_ids, exact_match, load_model, option_accuracy
+
+CHOICES = [
+    {"input": "Q: 2 + 2?\nA:", "output": " (B)", "options": [" (A)", " (B)", " (C)"]},
+    {"input": "Q: is ice cold?\nA:", "output": " yes", "options": [" yes", " no"]},
+    {"input": "Q: colour of the sky?\nA:", "output": " (A)", "options": [" (A)", " (B)"]},
+    {"input": "Q: 3 > 1?\nA:", "output": " no", "options": [" yes", " no"]},
+]
+
+
+def _loss(model, tokenizer, example: dict, option: str) -> float:
+    encoder_decoder = bool(model.config.is_encoder_decoder)
+    row = example_ids(tokenizer, {"input": example["input"], "output": option}, encoder_decoder)
+    return example_token_losses(model, collate([row], tokenizer.pad_token_id, encoder_decoder))[0].item()
+
+
+def test_option_accuracy_picks_the_option_with_the_lowest_summed_loss(world):
+    model, tokenizer = load_model(world["base"], device="cpu")
+    expected = []
+    for example in CHOICES:  # one option at a time, unbatched
+        losses = [_loss(model, tokenizer, example, option) for option in example["options"]]
+        expected.append(example["options"][losses.index(min(losses))] == example["output"])
+    assert option_accuracy(model, tokenizer, CHOICES, batch_size=3) == pytest.approx(100 * sum(expected) / 4)
+    # pointing every example's output at the option it prefers gives 100%, at another option 0%
+    preferred = [{**ex, "output": ex["options"][[_loss(model, tokenizer, ex, o) for o in ex["options"]].index(
+        min(_loss(model, tokenizer, ex, o) for o in ex["options"]))]} for ex in CHOICES]
+    assert option_accuracy(model, tokenizer, preferred) == 100.0
+    other = [{**ex, "output": next(o for o in ex["options"] if o != ex["output"])} for ex in preferred]
+    assert option_accuracy(model, tokenizer, other) == 0.0
+
+
+def test_option_accuracy_of_an_adapter_scores_the_adapted_model(world):
+    from peft import PeftModel
+
+    base, tokenizer = load_model(world["base"], device="cpu")
+    merged, _ = load_model(world["base"], world["modules"][0], device="cpu")
+    wrapped = PeftModel.from_pretrained(load_model(world["base"], device="cpu")[0], world["modules"][0]).eval()
+    preferred = [{**ex, "output": min(ex["options"], key=lambda o: _loss(merged, tokenizer, ex, o))} for ex in CHOICES]
+    assert option_accuracy(wrapped, tokenizer, preferred) == option_accuracy(merged, tokenizer, preferred) == 100.0
+
+
+def test_option_accuracy_refuses_examples_without_their_output_among_the_options(t5_world):
+    model, tokenizer = load_model(t5_world["base"], device="cpu")
+    with pytest.raises(InputError, match="example 1: field 'options' must be a list"):
+        option_accuracy(model, tokenizer, [CHOICES[0], {"input": "x", "output": " y"}])
+    with pytest.raises(InputError, match="holding its output ' maybe'"):
+        option_accuracy(model, tokenizer, [{**CHOICES[1], "output": " maybe"}])
+    with pytest.raises(InputError, match="at least one"):
+        option_accuracy(model, tokenizer, [])
+
+
+def test_generation_ends_at_the_model_end_token_too(world):
+    model, tokenizer = load_model(world["base"], device="cpu")
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, 7]
+    assert end_token_ids(model, tokenizer) == [tokenizer.eos_token_id, 7]
+    model.generation_config.eos_token_id = 9
+    assert end_token_ids(model, tokenizer) == [tokenizer.eos_token_id, 9]
+    model.generation_config.eos_token_id = None
+    assert end_token_ids(model, tokenizer) == [tokenizer.eos_token_id]
+
+
+def test_the_automatic_budget_follows_the_longest_answer(world, monkeypatch):
+    model, tokenizer = load_model(world["base"], device="cpu")
+    examples = [{"input": "a", "output": "xy"}, {"input": "b", "output": "wxyz"}]
+    longest = len(tokenizer("wxyz", add_special_tokens=False)["input_ids"])
+    assert answer_budget(tokenizer, examples) == longest + ANSWER_MARGIN
+    budgets, generate = [], model.generate
+
+    def spy(*args, **kwargs):
+        budgets.append((kwargs["max_new_tokens"], kwargs["eos_token_id"]))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    exact_match(model, tokenizer, examples)
+    exact_match(model, tokenizer, examples, max_new_tokens=3)
+    assert budgets == [(longest + ANSWER_MARGIN, end_token_ids(model, tokenizer)), (3, end_token_ids(model, tokenizer))]
+    assert torch.is_grad_enabled()

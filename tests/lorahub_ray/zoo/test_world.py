@@ -1,0 +1,159 @@
+"""The BIG-bench world: task formatting, reading the sdist, building on a tiny base, the real-model demo."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from lorahub_ray.errors import ConfigError, InputError
+from lorahub_ray.toy import build_random_base
+from lorahub_ray.zoo import bigbench
+from lorahub_ray.zoo.world import WorldConfig, build_world
+
+YES_NO = {"task_prefix": "Answer yes or no.", "examples": [
+    {"input": f"Is {n} even?", "target_scores": {"Yes": int(n % 2 == 0), "No": int(n % 2 == 1)}} for n in range(40)]}
+LETTERS = {"examples": [
+    {"input": f"Which is bigger than {n}?", "target_scores": {str(n - 1): 0, str(n + 1): 1, "banana split dessert": 0}}
+    for n in range(40)]}
+GENERATIVE = {"examples": [{"input": f"Repeat {n}", "target": [f"{n} {n}", f"{n}{n}"]} for n in range(40)]
+              + [{"input": "Repeat 1", "target": "11"}, {"input": "no answer", "target": []}]}
+MANY_OPTIONS = {"examples": [{"input": f"Close {n}", "target_scores": {f"opt{i}": int(i == n % 30) for i in range(30)}}
+                             for n in range(10)]}
+
+
+def write_sdist(path: Path, tasks: dict[str, dict]) -> Path:
+    """A tarball laid out as the bigbench sdist, holding ``tasks`` (name -> task.json content)."""
+    with tarfile.open(path, "w:gz") as archive:
+        for name, task in tasks.items():
+            data = json.dumps(task).encode()
+            info = tarfile.TarInfo(f"bigbench-1.0.0/bigbench/benchmark_tasks/{name}/task.json")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_fixed_short_options_are_answered_by_word_and_listed():
+    examples = bigbench.format_task(YES_NO)
+    first = examples[0]
+    assert first["input"] == "Answer yes or no.\n\nQ: Is 0 even?\nOptions:\n- Yes\n- No\nA:"
+    assert first["output"] == " Yes" and first["options"] == [" Yes", " No"]
+    assert examples[1]["output"] == " No"
+
+
+def test_options_that_differ_between_examples_are_lettered():
+    first = bigbench.format_task(LETTERS)[0]
+    assert first["input"] == "Q: Which is bigger than 0?\nOptions:\n(A) -1\n(B) 1\n(C) banana split dessert\nA:"
+    assert first["output"] == " (B)" and first["options"] == [" (A)", " (B)", " (C)"]
+
+
+def test_free_text_targets_take_the_shortest_and_repeated_or_empty_examples_are_dropped():
+    examples = bigbench.format_task(GENERATIVE)
+    assert examples[0] == {"input": "Q: Repeat 0\nA:", "output": " 00"}
+    assert len(examples) == 40, "a repeated input and an example without an answer are dropped"
+    assert all("options" not in ex for ex in examples)
+
+
+def test_more_options_than_letters_make_a_generative_task():
+    examples = bigbench.format_task(MANY_OPTIONS)
+    assert examples[3] == {"input": "Q: Close 3\nA:", "output": " opt3"}
+
+
+def test_long_task_prefixes_are_dropped():
+    task = {**YES_NO, "task_prefix": "x" * (bigbench.MAX_PREFIX_CHARS + 1)}
+    assert bigbench.format_task(task)[0]["input"].startswith("Q: Is 0 even?")
+
+
+def test_read_tasks_from_the_sdist_and_clear_errors(tmp_path):
+    sdist = write_sdist(tmp_path / "bigbench-1.0.0.tar.gz", {"yes_no": YES_NO, "family/letters": LETTERS})
+    tasks = bigbench.read_tasks(sdist, ["yes_no", "family/letters"])
+    assert tasks["family/letters"] == LETTERS and tasks["yes_no"] == YES_NO
+    with pytest.raises(InputError, match=r"no task.json for \['absent'\]"):
+        bigbench.read_tasks(sdist, ["yes_no", "absent"])
+    (tmp_path / "junk.tar.gz").write_text("not a tarball")
+    with pytest.raises(InputError, match="junk.tar.gz: not a readable bigbench==1.0.0 sdist"):
+        bigbench.read_tasks(tmp_path / "junk.tar.gz", ["yes_no"])
+
+
+def test_the_held_out_and_upstream_tasks_are_disjoint():
+    sources = set(bigbench.BBH_SOURCES.values())
+    assert len(bigbench.BBH_SOURCES) == 24 and len(bigbench.UPSTREAM) >= 24
+    assert not sources & set(bigbench.UPSTREAM)
+    families = [name.split("/")[0] for name in bigbench.UPSTREAM]
+    assert len(set(families)) == len(families), "one upstream task per BIG-bench family"
+    assert not {name.split("/")[0] for name in sources} & set(families)
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bigbench_world")
+    sdist = write_sdist(root / "bigbench-1.0.0.tar.gz", {"navigate": YES_NO, "letters/sub": LETTERS,
+                                                         "repeat": GENERATIVE})
+    base = build_random_base(root / "base", "llama")
+    config = WorldConfig(rank=2, steps=2, batch_size=4, n_train=8, n_dev=4, heldout_size=12, doublings=1,
+                         upstream=("letters/sub", "repeat"), heldout=("navigate",))
+    manifest = build_world(root / "world", config, sdist=sdist, base=base, progress=False)
+    return {"root": root, "sdist": sdist, "base": base, "config": config, "manifest": manifest}
+
+
+@pytest.mark.slow
+def test_a_world_builds_on_a_local_base_and_resumes_module_by_module(tiny_world):
+    manifest, world = tiny_world["manifest"], tiny_world["root"] / "world"
+    assert [m["task"] for m in manifest["modules"]] == ["letters/sub", "repeat"]
+    assert [m["dev_metric"] for m in manifest["modules"]] == ["option accuracy", "exact match"]
+    for module in manifest["modules"]:
+        assert (world / module["path"] / "adapter_model.safetensors").is_file()
+        assert module["specialist"] == (module["module_dev"] > module["base_dev"])
+        assert module["steps"] in (2, 4), "a module that does not beat the base is trained again with twice the steps"
+    assert manifest["specialists"] == sum(m["specialist"] for m in manifest["modules"])
+    held = [json.loads(line) for line in (world / "heldout/navigate.jsonl").read_text().splitlines()]
+    assert len(held) == 12 and all(ex["output"] in ex["options"] for ex in held)
+    assert json.loads((world / "manifest.json").read_text())["modules"] == manifest["modules"]
+    # a second build keeps every module (same fingerprints); one removed module is rebuilt alone
+    stamps = {m["path"]: (world / m["path"] / "zoo_meta.json").stat().st_mtime_ns for m in manifest["modules"]}
+    import shutil
+
+    shutil.rmtree(world / "modules" / "repeat")
+    again = build_world(world, tiny_world["config"], sdist=tiny_world["sdist"], base=tiny_world["base"],
+                        progress=False)
+    assert again["modules"] == manifest["modules"][:1] + [again["modules"][1]]
+    assert (world / "modules/letters-sub/zoo_meta.json").stat().st_mtime_ns == stamps["modules/letters-sub"]
+    assert (world / "modules/repeat/adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_the_world_demo_composes_for_a_held_out_subtask(tiny_world, tmp_path):
+    from lorahub_ray.config import PoolConfig
+    from lorahub_ray.demo import run_world_demo
+
+    world = tiny_world["root"] / "world"
+    figures = run_world_demo(world, task="navigate", output=tmp_path / "out", budget=3, seed=1,
+                             pool=PoolConfig(num_actors=0), test_size=5)
+    assert set(figures["zero_shot"]) == {"exact_match", "option_accuracy"} == set(figures["lorahub"])
+    assert all(0 <= v <= 100 for f in (figures["zero_shot"], figures["lorahub"]) for v in f.values())
+    assert (Path(figures["adapter"]) / "adapter_config.json").is_file()
+    with pytest.raises(ConfigError, match="held-out subtask of the world"):
+        run_world_demo(world, task="nope", output=tmp_path / "out2")
+    with pytest.raises(ConfigError, match="lorahub-ray zoo build --world bigbench"):
+        run_world_demo(tmp_path / "missing")
+
+
+def test_zoo_build_world_bigbench_reports_bad_inputs_in_one_line(tmp_path, capsys):
+    """The command's error paths (the full build is tested through `build_world`; the real one downloads with pip)."""
+    from lorahub_ray.cli import main
+
+    sdist = write_sdist(tmp_path / "sdist.tar.gz", {"navigate": YES_NO})
+    (tmp_path / "junk.tar.gz").write_text("not a tarball")
+    base = build_random_base(tmp_path / "base", "llama")
+    for extra, message in (([str(sdist), "--base", str(tmp_path / "nobase")], "is not a Hugging Face model directory"),
+                           ([str(tmp_path / "junk.tar.gz"), "--base", str(base)], "not a readable bigbench==1.0.0"),
+                           ([str(sdist), "--base", str(base)], "no task.json for")):
+        assert main(["zoo", "build", "--world", "bigbench", "--out", str(tmp_path / "out"), "--sdist", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out" / "modules").exists(), "nothing is trained before the inputs are read"
