@@ -11,7 +11,9 @@ cue; the output follows it as given)::
 
     Q: <the example's input>
     Options:
-    (A) <option>                 multiple choice with options that differ between examples: letters, answer " (A)"
+    (A) <option>                 multiple choice with options that differ between examples: letters, answer " (A)",
+                                 the options in an order drawn from the example's input (BIG-bench files often
+                                 list the correct option first: date_understanding and temporal_sequences always)
     - <word>                     multiple choice over one fixed set of short words: answer " <word>"
     A:
 
@@ -150,15 +152,17 @@ def format_task(task: Mapping) -> list[Example]:
         question = f"{head}Q: {str(ex['input']).strip()}"
         if multiple_choice:
             options = list(ex["target_scores"])
-            correct = options.index(_correct_option(ex["target_scores"]))
+            correct_option = _correct_option(ex["target_scores"])
             if words:
                 answers = options
                 listing = "".join(f"\n- {option}" for option in options)
             else:
+                random.Random(f"options/{ex['input']}").shuffle(options)
                 answers = [_letter(i) for i in range(len(options))]
                 listing = "".join(f"\n{_letter(i)} {option}" for i, option in enumerate(options))
-            example = {"input": f"{question}\nOptions:{listing}\nA:", "output": f" {answers[correct]}",
-                       "options": [f" {answer}" for answer in answers]}
+            answer = answers[options.index(correct_option)]
+            example = {"input": f"{question}\nOptions:{listing}\nA:", "output": f" {answer}",
+                       "options": [f" {a}" for a in answers]}
         else:
             target = ex.get("target")
             if not target and ex.get("target_scores"):

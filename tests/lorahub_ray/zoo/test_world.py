@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -46,10 +44,19 @@ def test_fixed_short_options_are_answered_by_word_and_listed():
     assert examples[1]["output"] == " No"
 
 
-def test_options_that_differ_between_examples_are_lettered():
-    first = bigbench.format_task(LETTERS)[0]
-    assert first["input"] == "Q: Which is bigger than 0?\nOptions:\n(A) -1\n(B) 1\n(C) banana split dessert\nA:"
-    assert first["output"] == " (B)" and first["options"] == [" (A)", " (B)", " (C)"]
+def test_options_that_differ_between_examples_are_lettered_in_an_order_drawn_per_example():
+    examples = bigbench.format_task(LETTERS)
+    letters = set()
+    for n, example in enumerate(examples):
+        question, listing = example["input"].split("\nOptions:\n")
+        assert question == f"Q: Which is bigger than {n}?" and listing.endswith("\nA:")
+        lines = listing[: -len("\nA:")].split("\n")
+        assert sorted(line[4:] for line in lines) == sorted([str(n - 1), str(n + 1), "banana split dessert"])
+        assert [line[:3] for line in lines] == ["(A)", "(B)", "(C)"] and example["options"] == [" (A)", " (B)", " (C)"]
+        assert lines[example["options"].index(example["output"])][4:] == str(n + 1), "the answer names the right option"
+        letters.add(example["output"])
+    assert letters == {" (A)", " (B)", " (C)"}, "the task file lists the right option second every time; the world does not"
+    assert bigbench.format_task(LETTERS) == examples, "the order is drawn from each example's input: deterministic"
 
 
 def test_free_text_targets_take_the_shortest_and_repeated_or_empty_examples_are_dropped():
