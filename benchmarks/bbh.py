@@ -42,7 +42,7 @@ def load_bbh_task(path: Path) -> list[dict[str, str]]:
 
 
 def bbh_cases(bbh: Path, base: str, pool: list[str], tasks: list[str] | None, seeds: list[int],
-              modules_per_run: int = 20, shots: int = 5, max_new_tokens: int = 256):
+              modules_per_run: int = 20, shots: int = 5, max_new_tokens: int | None = None):
     """Yield (task, seed, Case) in the paper's protocol."""
     files = sorted(bbh.glob("*.json")) if not tasks else [bbh / f"{t}.json" for t in tasks]
     if not files:
@@ -59,7 +59,7 @@ def bbh_cases(bbh: Path, base: str, pool: list[str], tasks: list[str] | None, se
 
 def run_bbh(bbh: Path, base: str, pool: list[str], tasks: list[str] | None = None, seeds: list[int] = (1, 2, 3, 4, 5),
             methods: list[str] = DEFAULT_METHODS, budget: int = 40, modules_per_run: int = 20,
-            max_new_tokens: int = 256) -> dict:
+            max_new_tokens: int | None = None) -> dict:
     """Every method on every task and seed; returns per-method average and best over seeds (mean over tasks)."""
     per_task: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
     speedup = None

@@ -1,6 +1,7 @@
 """LoraHub on the real world: SmolLM2-135M-Instruct, BIG-bench modules, held-out BBH subtasks.
 
     lorahub-ray zoo build --world bigbench                      # once (about an hour on 2 CPUs)
+    python benchmarks/world.py --measure-speedup                 # alone: prints S
     python benchmarks/world.py --speedup S --shard 0/2 & python benchmarks/world.py --speedup S --shard 1/2
     python benchmarks/world.py --combine 2                      # after both
 
@@ -111,6 +112,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="how many of the 5 seeds to run")
     parser.add_argument("--test-size", type=int, default=40, help="test examples per subtask and seed")
     parser.add_argument("--speedup", type=float, default=None, help="the 2-actor speed-up (default: measured)")
+    parser.add_argument("--measure-speedup", action="store_true",
+                        help="only measure the 2-actor speed-up on the first case and print it (run it alone, then "
+                             "give it to side-by-side shards with --speedup)")
     parser.add_argument("--shard", default=None, help="I/N: run only every N-th case from the I-th, save its rows")
     parser.add_argument("--combine", type=int, default=None, help="N: summarise the rows saved by N shards")
     parser.add_argument("--name", default="world", help="results file name under benchmarks/results")
@@ -125,6 +129,10 @@ def main() -> None:
     runs, started, speedup = [], time.time(), args.speedup
     todo = [] if args.combine is not None else cases(args.world, manifest, tasks, seeds, args.test_size, shard)
     for number, task, seed, case in todo:
+        if args.measure_speedup:
+            with private_ray():
+                print(f"2 actors: {measured_speedup(case):.2f}x the sequential evaluation rate on this machine")
+            return
         if speedup is None:
             with private_ray():
                 speedup = measured_speedup(case)
