@@ -1,4 +1,4 @@
-"""Should the BIG-bench world's inputs go through the instruct model's chat template? Zero-shot SmolLM2 on held-out
+"""Should a real world's inputs go through the instruct model's chat template? Zero-shot SmolLM2 on held-out
 BBH subtasks, each input as given (the project's convention) and wrapped in the tokenizer's chat template.
 
     python benchmarks/chat_template.py [--world DIR] [--tasks ...] [--examples 40]
@@ -20,11 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from world import load_world  # noqa: E402
+from world import built_world, load_world  # noqa: E402
 
 from lorahub_ray.data import load_examples  # noqa: E402
 from lorahub_ray.evaluate import exact_match, load_model, option_accuracy  # noqa: E402
-from lorahub_ray.zoo.world import DEFAULT_WORLD_DIR  # noqa: E402
 
 TASKS = ["navigate", "sports_understanding", "hyperbaton", "disambiguation_qa", "movie_recommendation", "snarks",
          "object_counting", "date_understanding"]
@@ -43,7 +42,7 @@ def chat(tokenizer, example: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--world", type=Path, default=DEFAULT_WORLD_DIR)
+    parser.add_argument("--world", type=Path, default=built_world())
     parser.add_argument("--tasks", nargs="*", default=TASKS)
     parser.add_argument("--examples", type=int, default=40, help="examples per subtask (the file's first)")
     args = parser.parse_args()

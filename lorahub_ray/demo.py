@@ -83,19 +83,24 @@ def run_demo(zoo: str | Path | None = None, task: str | None = None, output: str
 
 def run_world_demo(world: str | Path | None = None, task: str = "navigate", output: str | Path | None = None,
                    budget: int = 40, optimizer: str = DEFAULT_OPTIMIZER, seed: int = 42,
-                   pool: PoolConfig | None = None, test_size: int = 50) -> dict:
-    """The real-model demo: compose the BIG-bench world's modules for the held-out BBH subtask ``task`` from 5 of
-    its examples, then print zero-shot vs LoraHub exact match (and option accuracy) on ``test_size`` others.
+                   pool: PoolConfig | None = None, test_size: int = 50, kind: str = "bigbench") -> dict:
+    """The real-model demo: compose a real world's modules for the held-out BBH subtask ``task`` from 5 of its
+    examples, then print zero-shot vs LoraHub exact match (and option accuracy) on ``test_size`` others.
+
+    Args:
+        world: the world's directory (default: `default_world_dir` of ``kind``).
+        kind: ``bigbench`` or ``bbh`` (see `lorahub_ray.zoo.world`).
 
     Raises:
         ConfigError: the world is not built, or ``task`` is not one of its held-out subtasks.
     """
-    from lorahub_ray.zoo.world import DEFAULT_WORLD_DIR
+    from lorahub_ray.zoo.world import default_world_dir
 
-    directory = Path(world) if world else DEFAULT_WORLD_DIR
+    directory = Path(world) if world else default_world_dir(kind)
     if not (directory / "manifest.json").is_file():
-        raise ConfigError(f"no BIG-bench world in {directory}; build it once with "
-                          f"`lorahub-ray zoo build --world bigbench --out {directory}` (about an hour on 2 CPUs)")
+        how = "--world bbh --bbh BIG-Bench-Hard-checkout" if kind == "bbh" else "--world bigbench"
+        raise ConfigError(f"no {kind} world in {directory}; build it once with "
+                          f"`lorahub-ray zoo build {how} --out {directory}` (about an hour on 2 CPUs)")
     manifest = json.loads((directory / "manifest.json").read_text())
     tasks = {entry["task"]: entry for entry in manifest["heldout"]}
     if task not in tasks:
@@ -104,7 +109,8 @@ def run_world_demo(world: str | Path | None = None, task: str = "navigate", outp
     random.Random(f"{task}/{seed}").shuffle(examples)
     fewshot, test = examples[:5], examples[5 : 5 + test_size]
     base = str(directory / manifest["base"])
-    pool_modules = [str(directory / module["path"]) for module in manifest["modules"]]
+    excluded = set(tasks[task].get("exclude", []))
+    pool_modules = [str(directory / m["path"]) for m in manifest["modules"] if m["task"] not in excluded]
     modules = sorted(random.Random(seed).sample(pool_modules, min(DEMO_MODULES, len(pool_modules))))
     output = Path(output) if output else Path(tempfile.mkdtemp(prefix="lorahub-ray-demo-")) / "result"
     with tempfile.TemporaryDirectory() as scratch:

