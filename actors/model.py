@@ -19,6 +19,15 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """``dtype`` as a key of `DTYPES`: ``"auto"`` is bfloat16 on CUDA (the loss and the LM head stay float32,
+    see `actors.loss`) and float32 elsewhere; any other name comes back as it is."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.type == "cuda" else "float32"
 
 
 def pick_device(device: str = "auto", gpu_ids: Sequence[int | str] | None = None, gpus: float = 0.0) -> torch.device:

@@ -21,7 +21,7 @@ import torch
 from actors.cache import ModuleCache
 from actors.examples import tokenize_examples
 from actors.loss import example_token_losses, objective_loss
-from actors.model import load_base, pick_device, quiet_loading
+from actors.model import load_base, pick_device, quiet_loading, resolve_dtype
 from actors.stack import LoraStack
 
 
@@ -36,7 +36,8 @@ class WorkerSpec:
         objective: ``"default"`` or ``"reference"`` (see `actors.loss`).
         reference_batch_size: batch size the ``reference`` objective divides by (``None``: one batch).
         example_batch_size: examples per forward pass (``None``: all); memory only, the loss is the same.
-        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        dtype: ``"auto"`` (bfloat16 on CUDA, float32 elsewhere: `actors.model.resolve_dtype`), ``"float32"``,
+            ``"bfloat16"`` or ``"float16"``.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``; in a Ray actor ``"auto"`` is CUDA only when it reserved and
             was assigned a GPU (see `actors.model.pick_device`).
         gpus: the GPUs reserved for this worker (its Ray actor's ``num_gpus``; 0 in-process).
@@ -52,7 +53,7 @@ class WorkerSpec:
     objective: str = "default"
     reference_batch_size: int | None = None
     example_batch_size: int | None = None
-    dtype: str = "float32"
+    dtype: str = "auto"
     device: str = "auto"
     gpus: float = 0.0
     num_threads: int | None = None
@@ -88,7 +89,8 @@ class Worker:
         self.spec = spec
         self.gpu_ids = None if gpu_ids is None else list(gpu_ids)
         self.device = pick_device(spec.device, gpu_ids, spec.gpus)
-        self.model, self.tokenizer = load_base(spec.base, self.device, spec.dtype)
+        self.dtype = resolve_dtype(spec.dtype, self.device)
+        self.model, self.tokenizer = load_base(spec.base, self.device, self.dtype)
         with quiet_loading():
             self.cache = ModuleCache(self.model, stack, mode=spec.mode, apply=spec.apply)
         encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
@@ -184,7 +186,7 @@ class Worker:
     def info(self) -> dict[str, object]:
         """Where this worker runs: device, the GPUs reserved and the GPU ids assigned (``None`` in-process),
         dtype, torch threads while scoring, candidates per pass."""
-        return {"device": str(self.device), "gpus": self.spec.gpus, "gpu_ids": self.gpu_ids, "dtype": self.spec.dtype,
+        return {"device": str(self.device), "gpus": self.spec.gpus, "gpu_ids": self.gpu_ids, "dtype": self.dtype,
                 "threads": self.spec.num_threads or torch.get_num_threads(), "candidates_per_pass": self.pass_size}
 
     def inject_fault(self, fault: str) -> None:

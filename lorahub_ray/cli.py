@@ -33,8 +33,9 @@ def _pool_arguments(parser: argparse.ArgumentParser) -> None:
                             "with --actors 0, CUDA when visible")
     group.add_argument("--apply", choices=["merge", "slot"], default="merge",
                        help="how a candidate is applied in place: merged into the base weights, or a LoRA slot")
-    group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                       help="the actors' model and composition dtype")
+    group.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                       help="the actors' model and composition dtype (auto: bfloat16 on CUDA with the loss and LM "
+                            "head in float32, float32 on CPU)")
     group.add_argument("--module-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                        help="how the module stack is held in memory and in the object store")
     group.add_argument("--candidates-per-pass", type=int, default=1,

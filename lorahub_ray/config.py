@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from actors.cache import APPLY_METHODS
 from actors.compose import MODES
 from actors.loss import OBJECTIVES
-from actors.model import DTYPES
+from actors.model import DTYPE_CHOICES
 from actors.stack import STORAGE_DTYPES
 from lorahub_ray.errors import ConfigError
 from lorahub_ray.modules import check_distinct
@@ -119,7 +119,8 @@ class PoolConfig:
             ``"ray://host:port"`` joins a cluster, which must answer within `lorahub_ray.pool.CONNECT_TIMEOUT_S`
             seconds.
         apply: in-place method, ``"merge"`` (into pristine base weights; fastest) or ``"slot"`` (a PEFT LoRA slot).
-        dtype: the actors' base model and composed adapter dtype.
+        dtype: the actors' base model and composed adapter dtype; ``"auto"``: bfloat16 on CUDA (loss and LM
+            head in float32), float32 on CPU.
         device: ``"auto"`` (an actor: CUDA when it reserved a GPU, ``gpus_per_actor > 0``, else CPU whatever the
             node has; in-process: CUDA when visible), ``"cpu"`` or ``"cuda"`` (actors need ``gpus_per_actor > 0``).
         example_batch_size: examples per forward pass when scoring one candidate at a time (``None``: all).
@@ -138,7 +139,7 @@ class PoolConfig:
     gpus_per_actor: float = 0.0
     address: str | None = None
     apply: str = "merge"
-    dtype: str = "float32"
+    dtype: str = "auto"
     device: str = "auto"
     example_batch_size: int | None = None
     candidates_per_pass: int = 1
@@ -154,7 +155,7 @@ class PoolConfig:
         if not (isinstance(self.gpus_per_actor, (int, float)) and 0 <= self.gpus_per_actor < math.inf):
             raise ConfigError(f"`gpus_per_actor` must be a number >= 0, got {self.gpus_per_actor!r}")
         _one_of("apply", self.apply, APPLY_METHODS)
-        _one_of("dtype", self.dtype, tuple(DTYPES))
+        _one_of("dtype", self.dtype, DTYPE_CHOICES)
         _one_of("device", self.device, ("auto", "cpu", "cuda"))
         if self.device == "cuda" and self.num_actors > 0 and not self.gpus_per_actor > 0:
             raise ConfigError(f"`device` 'cuda' on actors needs `gpus_per_actor` > 0 (a GPU reserved for each), got "

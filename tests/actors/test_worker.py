@@ -137,8 +137,18 @@ def test_a_worker_that_reserved_no_gpu_runs_on_cpu_on_a_gpu_node(t5_world, monke
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     worker = Worker(WorkerSpec(base=t5_world["base"], gpus=0.0), load_stack(t5_world["modules"]), EXAMPLES, gpu_ids=[])
     assert worker.info()["device"] == "cpu" and worker.info()["gpu_ids"] == [] and worker.info()["gpus"] == 0.0
+    assert worker.info()["dtype"] == "float32", "dtype auto is float32 on a CPU"
     assert next(worker.model.parameters()).device == torch.device("cpu")
+    assert next(worker.model.parameters()).dtype == torch.float32
     assert math.isfinite(worker.loss(np.zeros(3)))
+
+
+def test_dtype_auto_is_bfloat16_on_cuda_and_float32_elsewhere():
+    from actors.model import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cuda", 0)) == "bfloat16"
+    assert resolve_dtype("auto", torch.device("cpu")) == "float32"
+    assert resolve_dtype("float16", torch.device("cuda", 0)) == "float16" == resolve_dtype("float16", torch.device("cpu"))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
