@@ -1,0 +1,57 @@
+"""The real-world benchmarks on a tiny bbh world: case pools leave out a subtask's own task, the dtype check runs."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import dtype_loss  # noqa: E402
+import world  # noqa: E402
+
+from lorahub_ray.toy import build_random_base  # noqa: E402
+from lorahub_ray.zoo.world import WorldConfig, build_world  # noqa: E402
+from tests.lorahub_ray.zoo.test_world import BBH_COUNTS, BBH_LETTERED, BBH_WORDS, write_bbh  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bbh_world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bbh_world")
+    checkout = write_bbh(root / "checkout", {"navigate": BBH_WORDS, "sort_three_objects": BBH_LETTERED,
+                                             "sort_five_objects": BBH_LETTERED[::-1], "count": BBH_COUNTS})
+    base = build_random_base(root / "base", "llama")
+    config = WorldConfig(rank=2, steps=1, batch_size=4, n_train=8, n_dev=4, heldout_size=12)
+    build_world(root / "world", config, base=base, progress=False, bbh=checkout)
+    return root / "world"
+
+
+@pytest.mark.slow
+def test_world_cases_draw_modules_from_other_tasks_only(bbh_world):
+    manifest = world.load_world(bbh_world)
+    drawn = {task: {Path(m).name for m in case.modules}
+             for _, task, _, case in world.cases(bbh_world, manifest, ["sort_five_objects", "count"], [1], 4)}
+    assert drawn == {"sort_five_objects": {"count", "navigate"},
+                     "count": {"navigate", "sort_five_objects", "sort_three_objects"}}
+
+
+@pytest.mark.slow
+def test_the_dtype_check_compares_both_dtypes_on_the_same_candidates(bbh_world, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(dtype_loss, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["dtype_loss.py", "--world", str(bbh_world), "--candidates", "5"])
+    dtype_loss.main()
+    result = json.loads((tmp_path / "dtype_loss.json").read_text())
+    assert result["candidates"] == 5 and len(result["losses"]["float32"]) == len(result["losses"]["bfloat16"]) == 5
+    assert result["losses"]["float32"] != result["losses"]["bfloat16"], "two dtypes, two sets of losses"
+    assert result["max_abs_difference"] == max(abs(a - b) for a, b in zip(*result["losses"].values()))
+    assert "navigate" not in {Path(m).name for m in result["modules"]}
+    monkeypatch.setattr(sys, "argv", ["dtype_loss.py", "--world", str(bbh_world), "--task", "nope"])
+    with pytest.raises(SystemExit, match="not a held-out subtask"):
+        dtype_loss.main()
+
+
+def test_dtype_check_candidates_start_with_zero_and_singles():
+    rows = dtype_loss.candidates(4, 6, seed=0)
+    assert rows.shape == (6, 4) and not rows[0].any() and (rows[1:4] == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]).all()
+    assert (abs(rows[4:]) <= 1.5).all()
