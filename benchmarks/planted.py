@@ -1,0 +1,191 @@
+"""Planted compositions: can a search find weights that are known to exist?
+
+    python benchmarks/planted.py --quick      # CI size: 6 modules, 2 kinds, 1 seed, budget 40 (seconds)
+    python benchmarks/planted.py              # full: 20 modules, 4 kinds, 3 seeds, budget 200
+    python benchmarks/planted.py --zoo DIR    # another zoo: every base it holds (`zoo build --kinds t5 llama`
+                                              # adds the decoder-only one)
+
+The zoo's trained byte-level base and N of its LoRA modules (a random draw per seed). The teacher is the base with a
+planted composition w*; the task is the teacher's greedy output on inputs of the zoo's held-out tasks. Every
+registered optimizer searches on 5 examples, in this process (a search's result does not depend on the number of
+actors); the found weights are scored on 40 held-out examples by the fraction of the loss gap between base and
+teacher that they close:
+
+    gap closed = (L(base) - L(found)) / (L(base) - L(teacher))        1 = as good as the teacher, 0 = no better
+                                                                      than the base, < 0 = worse
+
+and by ||w - w*|| / ||w*||. Kinds of w*: one module at full weight; 3 modules with one negative weight; many small
+weights; and a 3-module teacher composed in `delta` mode (B·A of each module, weighted) while the search composes
+in `ab` mode (LoraHub's ΣwA · ΣwB), so w* itself is not a point of the search's space.
+Writes benchmarks/results/planted[_quick].json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from needs import require  # noqa: E402
+
+from actors import Worker, WorkerSpec  # noqa: E402
+from lorahub_ray.data import load_examples  # noqa: E402
+from lorahub_ray.demo import ensure_zoo  # noqa: E402
+from lorahub_ray.evaluate import generate  # noqa: E402
+from lorahub_ray.modules import load_stack  # noqa: E402
+from lorahub_ray.optimizers import OPTIMIZERS  # noqa: E402
+from lorahub_ray.search import Outcome, Search, minimize  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+SHOTS, TEST, MAX_NEW_TOKENS = 5, 40, 16
+
+
+def planted_weights(kind: str, num_modules: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """w* of ``kind`` and the mode the teacher composes in."""
+    w = np.zeros(num_modules)
+    picks = rng.choice(num_modules, size=min(3, num_modules), replace=False)
+    if kind == "one":
+        w[picks[0]] = 1.0
+    elif kind in ("three_one_negative", "delta"):
+        w[picks] = [1.0, -0.8, 0.6][: len(picks)]
+    elif kind == "many_small":
+        w = rng.uniform(-0.4, 0.4, num_modules)
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    return w, "delta" if kind == "delta" else "ab"
+
+
+def teacher_examples(worker: Worker, weights: np.ndarray, inputs: list[str], count: int) -> list[dict[str, str]]:
+    """The first ``count`` inputs on which the composed model's greedy output is not empty, with that output."""
+    worker.cache.apply(weights)
+    outputs = generate(worker.model, worker.tokenizer, inputs, max_new_tokens=MAX_NEW_TOKENS)
+    examples = [{"input": x, "output": y} for x, y in zip(inputs, outputs) if y.strip()]
+    if len(examples) < count:
+        raise RuntimeError(f"the teacher answered only {len(examples)} of {len(inputs)} inputs")
+    return examples[:count]
+
+
+def gap_closed(base_loss: float, teacher_loss: float, found_loss: float) -> float:
+    """The fraction of the base-to-teacher loss gap that ``found_loss`` closes."""
+    return (base_loss - found_loss) / (base_loss - teacher_loss)
+
+
+def run_case(base: str, pool: list[str], inputs: list[str], kind: str, seed: int, budget: int, num_modules: int,
+             optimizers: list[str]) -> dict:
+    """One planted task: the teacher, the few-shot and test examples, every optimizer's search and its scores."""
+    rng = np.random.default_rng(seed)
+    modules = sorted(rng.choice(pool, size=min(num_modules, len(pool)), replace=False).tolist())
+    stack = load_stack(modules)
+    target, teacher_mode = planted_weights(kind, stack.num_modules, rng)
+    drawn = random.Random(f"planted/{seed}").sample(inputs, min(len(inputs), 2 * (SHOTS + TEST)))
+    placeholder = [{"input": drawn[0], "output": "a"}]  # the teacher only generates; it scores nothing
+
+    def worker(mode: str, examples: list[dict]) -> Worker:
+        return Worker(WorkerSpec(base=base, mode=mode, device="cpu", num_threads=1), stack, examples)
+
+    examples = teacher_examples(worker(teacher_mode, placeholder), target, drawn, SHOTS + TEST)
+    fewshot, test = examples[:SHOTS], examples[SHOTS:]
+    scorer, searcher = worker("ab", test), worker("ab", fewshot)
+    base_loss = scorer.loss(np.zeros(stack.num_modules))
+    teacher_loss = worker(teacher_mode, test).loss(target)
+    row = {"kind": kind, "seed": seed, "modules": [Path(m).name for m in modules], "target": target.tolist(),
+           "base_loss": base_loss, "teacher_loss": teacher_loss, "optimizers": {}}
+    for name in optimizers:
+        search = Search(stack.num_modules, budget, name, seed=seed)
+        started = time.perf_counter()
+        best = minimize(search, lambda population: [Outcome(r.loss, r.seconds, error=r.error)
+                                                     for r in searcher.evaluate(population)])
+        found = np.array(best.weights)
+        loss = scorer.loss(found)
+        row["optimizers"][name] = {
+            "gap_closed": gap_closed(base_loss, teacher_loss, loss), "test_loss": loss,
+            "distance": float(np.linalg.norm(found - target) / np.linalg.norm(target)),
+            "weights": found.tolist(), "seconds": time.perf_counter() - started}
+    return row
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean gap closed and distance per optimizer: over every case, and per base kind and planted kind."""
+    table: dict = {}
+    for row in rows:
+        for name, result in row["optimizers"].items():
+            entry = table.setdefault(name, {"gap_closed": [], "distance": [], "by_kind": {}})
+            entry["gap_closed"].append(result["gap_closed"])
+            entry["distance"].append(result["distance"])
+            entry["by_kind"].setdefault(f"{row['base']}/{row['kind']}", []).append(result["gap_closed"])
+    return {name: {"gap_closed": float(np.mean(e["gap_closed"])), "worst_gap_closed": float(np.min(e["gap_closed"])),
+                   "distance": float(np.mean(e["distance"])),
+                   "by_kind": {k: float(np.mean(v)) for k, v in e["by_kind"].items()}}
+            for name, e in table.items()}
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    kinds = sorted({k for e in summary.values() for k in e["by_kind"]})
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ax.bar(np.arange(len(kinds)) + i * width, [summary[name]["by_kind"].get(k, np.nan) for k in kinds], width,
+               label=name)
+    ax.axhline(1.0, color="gray", linestyle="--", linewidth=0.8)
+    ax.set_xticks(np.arange(len(kinds)) + 0.4 - width / 2, kinds, rotation=20, ha="right")
+    ax.set_ylabel("held-out loss gap closed")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CI size (see the module docstring)")
+    parser.add_argument("--zoo", default=None, help="zoo directory (default: the demo's zoo, the prebuilt one)")
+    parser.add_argument("--optimizers", nargs="*", default=list(OPTIMIZERS))
+    args = parser.parse_args()
+    require(__file__, ("matplotlib",))
+    torch.set_num_threads(1)
+    if args.quick:
+        kinds, seeds, budget, num_modules = ["one", "three_one_negative"], [0], 40, 6
+    else:
+        kinds, seeds, budget, num_modules = ["one", "three_one_negative", "many_small", "delta"], [0, 1, 2], 200, 20
+    zoo, manifest = ensure_zoo(args.zoo)
+    started, rows = time.time(), []
+    for kind_of_base, base in manifest["bases"].items():
+        pool = [str(zoo / m["path"]) for m in manifest["modules"][kind_of_base]]
+        inputs = sorted({ex["input"] for task in manifest["heldout"] for ex in load_examples(zoo / task["test"])})
+        for kind in kinds:
+            for seed in seeds:
+                row = {"base": kind_of_base, **run_case(str(zoo / base), pool, inputs, kind, seed, budget,
+                                                        num_modules, args.optimizers)}
+                rows.append(row)
+                print(f"{kind_of_base} {kind} seed {seed}: " + "  ".join(
+                    f"{n} {r['gap_closed']:.2f}" for n, r in row["optimizers"].items()), flush=True)
+    summary = summarise(rows)
+    print(f"\n{'optimizer':14s} {'gap closed':>10s} {'worst':>7s} {'|w-w*|/|w*|':>12s}")
+    for name, entry in summary.items():
+        print(f"{name:14s} {entry['gap_closed']:10.2f} {entry['worst_gap_closed']:7.2f} {entry['distance']:12.2f}")
+    name = "planted_quick" if args.quick else "planted"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps({
+        "command": " ".join(["python benchmarks/planted.py", *sys.argv[1:]]), "machine": platform.platform(),
+        "zoo": str(zoo), "wall_seconds": round(time.time() - started, 1), "budget": budget,
+        "modules": num_modules, "shots": SHOTS, "test": TEST, "summary": summary, "rows": rows}, indent=1) + "\n")
+    plot(summary, RESULTS / f"{name}.png")
+    print(f"wrote {RESULTS}/{name}.json and .png")
+
+
+if __name__ == "__main__":
+    main()
