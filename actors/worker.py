@@ -44,7 +44,9 @@ class WorkerSpec:
         num_threads: torch intra-op threads while it scores (``None``: torch's default). Fixing it fixes the float
             results. Set only during the worker's own calls: an in-process worker leaves the caller's count alone.
         candidates_per_pass: candidates scored together in one forward pass (1: one at a time). Halved
-            automatically when a pass runs out of memory.
+            automatically when a pass runs out of memory. ``"auto"``: 1 on the CPU; on CUDA, as many as
+            `AUTO_PASS_MEMORY_SHARE` of the free memory holds, by the peak memory of a 2-candidate pass
+            (at most `MAX_AUTO_PASS`, a power of 2).
     """
 
     base: str
@@ -57,7 +59,7 @@ class WorkerSpec:
     device: str = "auto"
     gpus: float = 0.0
     num_threads: int | None = None
-    candidates_per_pass: int = 1
+    candidates_per_pass: int | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,23 @@ class Worker:
             self.cache = ModuleCache(self.model, stack, mode=spec.mode, apply=spec.apply)
         encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
         self.batch = tokenize_examples(self.tokenizer, examples, encoder_decoder).to(self.device)
-        self.pass_size = max(1, spec.candidates_per_pass)  # candidates per forward pass, halved on out-of-memory
+        # candidates per forward pass, halved on out-of-memory
+        self.pass_size = self._auto_pass_size() if spec.candidates_per_pass == "auto" else max(1, spec.candidates_per_pass)
         self._fault: str | None = None  # set by `inject_fault`
+
+    def _auto_pass_size(self) -> int:
+        """1 on the CPU (larger matmuls already fill its cores); on CUDA, the passes that fit in free memory."""
+        if self.device.type != "cuda":
+            return 1
+        torch.cuda.synchronize(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        with self._threads():
+            self.losses(np.zeros((2, self.cache.num_modules)))
+        per_candidate = max(1, (torch.cuda.max_memory_allocated(self.device) - before) / 2)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        fits = int(AUTO_PASS_MEMORY_SHARE * free // per_candidate)
+        return max(1, min(MAX_AUTO_PASS, 2 ** int(math.log2(max(fits, 1)))))
 
     @contextmanager
     def _threads(self) -> Iterator[None]:
@@ -204,6 +221,8 @@ class Worker:
             threading.Event().wait()  # forever
 
 
+AUTO_PASS_MEMORY_SHARE = 0.7  # of the device's free memory, for `candidates_per_pass` "auto"
+MAX_AUTO_PASS = 256  # past this a CUDA pass gained nothing measurable on the H200 (see benchmarks/README.md)
 FAULTS = ("hang", "exit")  # what `Worker.inject_fault` can make an evaluation do
 
 

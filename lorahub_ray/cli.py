@@ -38,11 +38,22 @@ def _pool_arguments(parser: argparse.ArgumentParser) -> None:
                             "head in float32, float32 on CPU)")
     group.add_argument("--module-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                        help="how the module stack is held in memory and in the object store")
-    group.add_argument("--candidates-per-pass", type=int, default=1,
-                       help="candidates an actor scores together in one batched forward pass")
+    group.add_argument("--candidates-per-pass", type=_pass_size, default="auto",
+                       help="candidates an actor scores together in one batched forward pass (auto: 1 on the CPU, "
+                            "what free memory holds on a GPU)")
     group.add_argument("--generation-timeout", type=float, default=3600.0, metavar="SECONDS",
                        help="an actor that takes longer over its share of a generation is treated as hung: "
                             "replaced, its candidates re-run (default 3600; 0: no limit)")
+
+
+def _pass_size(text: str) -> int | str:
+    """``--candidates-per-pass``: ``auto`` or an integer (PoolConfig checks its range)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {text!r}") from None
 
 
 def _pool_config(args: argparse.Namespace) -> PoolConfig:

@@ -126,6 +126,8 @@ class PoolConfig:
         example_batch_size: examples per forward pass when scoring one candidate at a time (``None``: all).
         candidates_per_pass: candidates an actor scores together in one batched forward pass (1: one at a
             time). Work is handed out in whole passes, so results do not depend on the number of actors.
+            ``"auto"``: 1 on the CPU; on a GPU, what its free memory holds (`actors.worker.Worker`), the
+            smallest over the actors.
         max_restarts: actor deaths (or hangs) tolerated in one search before giving up.
         generation_timeout_s: seconds an actor may take over its share of one generation; one that takes longer
             is treated as hung: it is killed, replaced, and its candidates re-run (the result is unchanged).
@@ -142,7 +144,7 @@ class PoolConfig:
     dtype: str = "auto"
     device: str = "auto"
     example_batch_size: int | None = None
-    candidates_per_pass: int = 1
+    candidates_per_pass: int | str = "auto"
     max_restarts: int = 3
     module_dtype: str = "float32"
     generation_timeout_s: float | None = 3600.0
@@ -164,8 +166,10 @@ class PoolConfig:
             raise ConfigError(f"`generation_timeout_s` must be > 0 (seconds) or None (no limit), "
                               f"got {self.generation_timeout_s!r}")
         _one_of("module_dtype", self.module_dtype, tuple(STORAGE_DTYPES))
-        if not isinstance(self.candidates_per_pass, int) or self.candidates_per_pass < 1:
-            raise ConfigError(f"`candidates_per_pass` must be an integer >= 1, got {self.candidates_per_pass!r}")
+        if self.candidates_per_pass != "auto" and (
+                not _is_int(self.candidates_per_pass) or self.candidates_per_pass < 1):
+            raise ConfigError(f"`candidates_per_pass` must be 'auto' or an integer >= 1, "
+                              f"got {self.candidates_per_pass!r}")
         if self.example_batch_size is not None and self.example_batch_size < 1:
             raise ConfigError(f"`example_batch_size` must be >= 1 or None, got {self.example_batch_size!r}")
 

@@ -71,7 +71,7 @@ class WorkerPool:
             spec = replace(spec, gpus=config.gpus_per_actor)  # the actor's device follows what it reserved
             self._init_args = (spec, ray.put(stack), ray.put(list(examples)))  # one object-store copy each
             self.actors = [self._start_actor() for _ in range(config.num_actors)]
-            self._wait_ready()
+            self._pass = min(info["candidates_per_pass"] for info in self._wait_ready())
         except BaseException:
             self.close()
             raise
@@ -113,11 +113,11 @@ class WorkerPool:
 
         return ray.get([actor.node_id.remote() for actor in self.actors])
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self) -> list[dict]:
         import ray
 
         try:
-            ray.get([actor.info.remote() for actor in self.actors])
+            return ray.get([actor.info.remote() for actor in self.actors])
         except ray.exceptions.RayError as err:
             raise WorkerError(f"the evaluator actors failed to start: {_first_line(err)}") from None
 

@@ -194,3 +194,31 @@ def test_an_unknown_fault_is_refused(t5_world):
     worker = Worker(WorkerSpec(base=t5_world["base"], device="cpu"), load_stack(t5_world["modules"]), EXAMPLES)
     with pytest.raises(ValueError, match=r"`fault` must be one of \['hang', 'exit'\], got 'slow'"):
         worker.inject_fault("slow")
+
+
+def test_auto_pass_size_is_one_on_cpu_and_what_free_memory_holds_on_cuda(t5_world, monkeypatch):
+    import actors.worker
+
+    worker = Worker(WorkerSpec(base=t5_world["base"], device="cpu"), load_stack(t5_world["modules"]), EXAMPLES)
+    assert worker.pass_size == 1 and worker.info()["candidates_per_pass"] == 1, "auto is 1 on the CPU"
+    per_candidate, free = 3_000_000, 10**9  # bytes a candidate adds to a pass; free device memory
+    peak = {"value": 0}
+    monkeypatch.setattr(worker, "device", torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 5_000)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: peak.update(value=5_000))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: peak["value"])
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 2 * free))
+    losses = worker.losses
+
+    def pass_of(population):
+        peak["value"] += per_candidate * len(population)
+        return losses(population)
+
+    monkeypatch.setattr(worker, "losses", pass_of)
+    expected = 2 ** int(np.log2(actors.worker.AUTO_PASS_MEMORY_SHARE * free // per_candidate))  # 233 -> 128
+    assert worker._auto_pass_size() == expected == 128
+    per_candidate = 10
+    assert worker._auto_pass_size() == actors.worker.MAX_AUTO_PASS
+    per_candidate, free = 10**9, 10**8
+    assert worker._auto_pass_size() == 1, "a pass of one always runs (out-of-memory is then the guard)"

@@ -70,6 +70,22 @@ def test_bad_settings_name_the_field():
         RunConfig(base="b", modules=["m", "m"], examples="e")
     with pytest.raises(ConfigError, match=r"`num_actors` must be an integer >= 0, got -1"):
         PoolConfig(num_actors=-1)
+    for bad in (0, "many", 2.5, True):
+        with pytest.raises(ConfigError, match=r"`candidates_per_pass` must be 'auto' or an integer >= 1"):
+            PoolConfig(candidates_per_pass=bad)
+    assert PoolConfig().candidates_per_pass == "auto" and PoolConfig().dtype == "auto"
+
+
+def test_candidates_per_pass_flag_takes_auto_or_an_integer(capsys):
+    from lorahub_ray.cli import build_parser
+
+    parser = build_parser()
+    common = ["search", "--base", "b", "--modules", "m", "--examples", "e", "--output", "o"]
+    assert parser.parse_args([*common, "--candidates-per-pass", "8"]).candidates_per_pass == 8
+    assert parser.parse_args(common).candidates_per_pass == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*common, "--candidates-per-pass", "lots"])
+    assert "expected 'auto' or an integer, got 'lots'" in capsys.readouterr().err
 
 
 def test_examples_that_are_no_utf8_jsonl_file_are_named(tmp_path, monkeypatch):
