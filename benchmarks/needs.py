@@ -38,8 +38,11 @@ def private_ray(num_cpus: int = 2) -> Iterator[None]:
     when the block ends, by an error too."""
     import ray
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False,
-             log_to_driver=False)
+    from lorahub_ray.pool import auth_notice_quieted
+
+    with auth_notice_quieted():
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False,
+                 log_to_driver=False)
     try:
         yield
     finally:

@@ -4,7 +4,8 @@
     lorahub-ray zoo build --world bbh --bbh CHECKOUT            # (then pass --world ~/.cache/lorahub-ray/bbh below)
     python benchmarks/world.py --measure-speedup                 # alone: prints S
     python benchmarks/world.py --speedup S --shard 0/2 & python benchmarks/world.py --speedup S --shard 1/2
-    python benchmarks/world.py --combine 2                      # after both
+    python benchmarks/world.py --combine 2                      # after both (or after stopping them: a shard
+                                                                # saves its rows after every case)
 
 Per subtask and seed: 5 random examples of the subtask are the few-shot set, the next ``--test-size`` the test set
 (disjoint), and 20 random modules of the pool the candidates (in the bbh world, the pool leaves out the modules of the
@@ -154,8 +155,9 @@ def main() -> None:
         line = "  ".join(f"{m} {a:5.1f}" + (f"/{outcome['option_accuracy'][m]:5.1f}" if case.options else "")
                          for m, a in outcome["accuracy"].items())
         print(f"{task} seed {seed} ({time.time() - case_start:.0f}s): {line}", flush=True)
+        if args.shard is not None:  # after every case: a shard stopped early keeps what it finished
+            save_shard(RESULTS, args.name, shard, runs, time.time() - started)
     if args.shard is not None:
-        save_shard(RESULTS, args.name, shard, runs, time.time() - started)
         print(f"saved shard {args.shard}; summarise with --combine {shard[1]}")
         return
     walls = [time.time() - started]

@@ -239,7 +239,7 @@ def _start_ray(config: PoolConfig) -> None:
     if address != "local":
         _check_reachable(address)
     try:
-        with _auth_notice_quieted():
+        with auth_notice_quieted():
             ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False,
                      configure_logging=False)
     except ConnectionError as err:
@@ -251,7 +251,7 @@ AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 @contextmanager
-def _auth_notice_quieted() -> Iterator[None]:
+def auth_notice_quieted() -> Iterator[None]:
     """Drop Ray's notice that token authentication is on (it is, and stays on) while Ray starts; every other
     message of that logger, the warning that authentication is off included, still shows."""
     def keep(record: logging.LogRecord) -> bool:

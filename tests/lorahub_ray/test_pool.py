@@ -180,10 +180,10 @@ def auth_messages():
 
 
 def test_ray_start_drops_only_the_notice_that_authentication_is_on(auth_messages):
-    from lorahub_ray.pool import AUTH_LOGGER, AUTH_NOTICE, _auth_notice_quieted
+    from lorahub_ray.pool import AUTH_LOGGER, AUTH_NOTICE, auth_notice_quieted
 
     logger = logging.getLogger(AUTH_LOGGER)
-    with _auth_notice_quieted():
+    with auth_notice_quieted():
         logger.warning(f"{AUTH_NOTICE}. Set RAY_AUTH_MODE=disabled to opt out.")
         logger.warning("Token authentication is disabled for this Ray cluster.")
     logger.warning(f"{AUTH_NOTICE}, after the start.")
@@ -192,12 +192,12 @@ def test_ray_start_drops_only_the_notice_that_authentication_is_on(auth_messages
 
 def test_the_notice_dropped_is_the_one_this_ray_prints(auth_messages):
     """Ray's own notice (Ray >= 2.5x; older Ray has no token authentication and prints none) matches `AUTH_NOTICE`."""
-    from lorahub_ray.pool import AUTH_LOGGER, AUTH_NOTICE, _auth_notice_quieted
+    from lorahub_ray.pool import AUTH_LOGGER, AUTH_NOTICE, auth_notice_quieted
 
     ray_auth = pytest.importorskip("ray._private.authentication.authentication_token_setup",
                                    reason="this Ray has no token authentication, so no notice to drop")
     assert ray_auth.__name__ == AUTH_LOGGER
-    with _auth_notice_quieted():
+    with auth_notice_quieted():
         ray_auth._warn_token_auth_enabled()
     ray_auth._warn_token_auth_enabled()
     assert len(auth_messages) == 1 and auth_messages[0].startswith(AUTH_NOTICE)
