@@ -7,6 +7,9 @@
     python benchmarks/world.py --combine 2                      # after both (or after stopping them: a shard
                                                                 # saves its rows after every case)
 
+A rerun with the same test size keeps the cases already in the results file or in saved shards (``--fresh`` reruns
+them), so the subtasks can be covered a few at a time.
+
 Per subtask and seed: 5 random examples of the subtask are the few-shot set, the next ``--test-size`` the test set
 (disjoint), and 20 random modules of the pool the candidates (in the bbh world, the pool leaves out the modules of the
 subtask's own BBH task). Methods: zero-shot, in-context (the 5 examples in the
@@ -96,6 +99,20 @@ def cases(world: Path, manifest: dict, tasks: list[str], seeds: list[int], test_
                                        finetune_steps=FINETUNE_STEPS, finetune_lr=FINETUNE_LR)
 
 
+def previous_runs(name: str, test_size: int) -> tuple[dict[tuple[str, int], dict], float]:
+    """Rows measured earlier with the same test size, by (subtask, seed): the results written under ``name`` and
+    any shard files saved under it; and the wall time of the written results. A rerun skips these cases."""
+    rows, wall = [], 0.0
+    written = RESULTS / f"{name}.json"
+    if written.is_file():
+        result = json.loads(written.read_text())
+        if result.get("test_size") == test_size and result.get("budget") == BUDGET:
+            rows, wall = result["runs"], result["wall_seconds"]
+    for part in sorted(RESULTS.glob(f"{name}.shard-*-of-*.json")):
+        rows += json.loads(part.read_text())["rows"]
+    return {(row["task"], row["seed"]): row for row in rows}, wall
+
+
 def plot(em: dict, option: dict, path: Path) -> None:
     import matplotlib
 
@@ -129,6 +146,8 @@ def main() -> None:
     parser.add_argument("--shard", default=None, help="I/N: run only every N-th case from the I-th, save its rows")
     parser.add_argument("--combine", type=int, default=None, help="N: summarise the rows saved by N shards")
     parser.add_argument("--name", default="world", help="results file name under benchmarks/results")
+    parser.add_argument("--fresh", action="store_true",
+                        help="rerun every case (default: keep the cases already in the results or saved shards)")
     args = parser.parse_args()
     require(__file__, ("matplotlib",))
     manifest = load_world(args.world)
@@ -138,8 +157,13 @@ def main() -> None:
     seeds = SEEDS[: args.seeds]
     shard = parse_shard(args.shard)
     runs, started, speedup = [], time.time(), args.speedup
+    done, earlier_wall = ({}, 0.0) if args.fresh else previous_runs(args.name, args.test_size)
     todo = [] if args.combine is not None else cases(args.world, manifest, tasks, seeds, args.test_size, shard)
     for number, task, seed, case in todo:
+        if (task, seed) in done and not args.measure_speedup:
+            runs.append({**done[task, seed], "case": number, "earlier_run": True})
+            print(f"{task} seed {seed}: kept from earlier results", flush=True)
+            continue
         if args.measure_speedup:
             with private_ray():
                 print(f"2 actors: {measured_speedup(case):.2f}x the sequential evaluation rate on this machine")
@@ -163,6 +187,7 @@ def main() -> None:
     walls = [time.time() - started]
     if args.combine is not None:
         runs, walls = load_shards(RESULTS, args.name, args.combine)
+    earlier = sum(1 for run in runs if run.get("earlier_run"))
     tables = {}
     for key in ("accuracy", "option_accuracy"):
         per_task: dict = {}
@@ -183,7 +208,8 @@ def main() -> None:
     (RESULTS / f"{args.name}.json").write_text(json.dumps({
         "command": " ".join(["python benchmarks/world.py", *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "build": manifest.get("machine")},
-        "wall_seconds": max(walls), "processes": len(walls), "tasks": sorted({r["task"] for r in runs}),
+        "wall_seconds": max(walls) + (earlier_wall if earlier else 0.0), "processes": len(walls),
+        "cases_kept_from_earlier_runs": earlier, "tasks": sorted({r["task"] for r in runs}),
         "seeds": sorted({r["seed"] for r in runs}), "test_size": args.test_size, "modules_per_run": MODULES_PER_RUN,
         "budget": BUDGET, "measured_2_actor_speedup": runs[0]["speedup"] if runs else None,
         "majority_class": majority, "exact_match": tables["accuracy"], "option_accuracy": tables["option_accuracy"],

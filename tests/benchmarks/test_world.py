@@ -55,3 +55,15 @@ def test_dtype_check_candidates_start_with_zero_and_singles():
     rows = dtype_loss.candidates(4, 6, seed=0)
     assert rows.shape == (6, 4) and not rows[0].any() and (rows[1:4] == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]).all()
     assert (abs(rows[4:]) <= 1.5).all()
+
+
+def test_a_rerun_keeps_the_cases_of_earlier_results_with_the_same_settings(tmp_path, monkeypatch):
+    monkeypatch.setattr(world, "RESULTS", tmp_path)
+    row = {"task": "navigate", "seed": 1, "accuracy": {"zero_shot": 0.0}}
+    (tmp_path / "w.json").write_text(json.dumps({"test_size": 20, "budget": world.BUDGET, "wall_seconds": 9.0,
+                                                 "runs": [row]}))
+    (tmp_path / "w.shard-1-of-2.json").write_text(json.dumps({"wall_seconds": 1.0, "rows": [{**row, "seed": 2}]}))
+    kept, wall = world.previous_runs("w", 20)
+    assert set(kept) == {("navigate", 1), ("navigate", 2)} and wall == 9.0
+    kept, wall = world.previous_runs("w", 40)  # another test size: only the shard saved under the name
+    assert set(kept) == {("navigate", 2)} and wall == 0.0
