@@ -68,8 +68,9 @@ class ModuleCache:
 
 
     @torch.no_grad()
-    def apply_population(self, population: np.ndarray | None) -> None:
-        """Prepare one forward pass for P candidates ``(P, N)``: candidate p's composition goes to its own rows.
+    def apply_population(self, population: np.ndarray | None, rows: list[int] | None = None) -> None:
+        """Prepare one forward pass for P candidates ``(P, N)``: candidate p's composition goes to its own rows
+        (an equal share of the batch, or ``rows[p]`` consecutive rows when candidates score different example sets).
 
         The layers are reset to the plain base model and every layer's hook gets the P compositions;
         ``None`` switches the hooks off again.
@@ -84,8 +85,9 @@ class ModuleCache:
             self._batched = [BatchedLayer(self._model.get_submodule(p), self._scaling) for p in self._paths]
         self.apply(np.zeros(self.num_modules))  # plain base weights under the hooks
         w = torch.as_tensor(population, device=self.device, dtype=self.dtype)  # (P, N)
+        counts = None if rows is None or len(set(rows)) == 1 else torch.tensor(rows, device=self.device)  # (P,)
         for A, B, layer in zip(self.A, self.B, self._batched):
-            layer.set(*compose_factors(w, A, B, self.mode))
+            layer.set(*compose_factors(w, A, B, self.mode), rows=counts)
 
 
 def _inject_slot(model: nn.Module, paths: list[str], rank: int, fan_in_fan_out: bool) -> None:

@@ -87,25 +87,35 @@ class SlotLayer:
 class BatchedLayer:
     """Adds a different composition to each candidate's rows of a batch, through a forward hook.
 
-    The batch holds P candidates' copies of the examples, candidate-major: rows ``[p*E, (p+1)*E)`` belong to
-    candidate p. Each candidate's rows get ``scaling * x A'_p^T B'_p^T`` on top of the layer's own output,
-    so the layer itself must hold the plain base weight while factors are set.
+    The batch holds P candidates' examples, candidate-major: rows ``[p*E, (p+1)*E)`` belong to candidate p, or,
+    when candidates score different example sets (``rows`` given), candidate p owns ``rows[p]`` consecutive rows.
+    Each candidate's rows get ``scaling * x A'_p^T B'_p^T`` on top of the layer's own output, so the layer itself
+    must hold the plain base weight while factors are set.
     """
 
     def __init__(self, layer: nn.Module, scaling: float) -> None:
         self.scaling = scaling
         self.factors: tuple[torch.Tensor, torch.Tensor] | None = None  # (A' ([P,] r', d_in), B' (P, d_out, r'))
+        self.owner: torch.Tensor | None = None  # (R,) the candidate of each batch row, when row counts differ
         layer.register_forward_hook(self._hook)
 
-    def set(self, A_c: torch.Tensor | None, B_c: torch.Tensor | None = None) -> None:
-        """Use these per-candidate factors in the following forwards (``None`` switches the hook off)."""
+    def set(self, A_c: torch.Tensor | None, B_c: torch.Tensor | None = None,
+            rows: torch.Tensor | None = None) -> None:
+        """Use these per-candidate factors in the following forwards (``None`` switches the hook off); ``rows``
+        ``(P,)``: each candidate's number of batch rows, when they differ."""
         self.factors = None if A_c is None else (A_c, B_c)
+        self.owner = None if rows is None else torch.repeat_interleave(torch.arange(len(rows), device=rows.device),
+                                                                       rows)
 
     def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         if self.factors is None:
             return None
         A_c, B_c = self.factors
-        x = args[0]  # (P*E, T, d_in)
+        x = args[0]  # (R, T, d_in): R = P*E rows
+        if self.owner is not None:  # each row with its own candidate's factors
+            A_rows = A_c[self.owner] if A_c.dim() == 3 else A_c  # (R, r', d_in), or (r', d_in) shared
+            low_rank = torch.matmul(x, A_rows.transpose(-1, -2))  # (R, T, r')
+            return output + self.scaling * torch.matmul(low_rank, B_c[self.owner].transpose(-1, -2))
         grouped = x.reshape(B_c.shape[0], -1, x.shape[-1])  # (P, E*T, d_in)
         low_rank = torch.matmul(grouped, A_c.transpose(-1, -2))  # (P, E*T, r')
         delta = torch.matmul(low_rank, B_c.transpose(-1, -2))  # (P, E*T, d_out)

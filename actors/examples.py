@@ -51,6 +51,18 @@ class ExampleBatch:
         return ExampleBatch(self.input_ids[rows], self.attention_mask[rows], self.labels[rows], self.encoder_decoder)
 
 
+@dataclass(frozen=True)
+class ExampleSets:
+    """Several searches' few-shot example sets for one worker; a candidate names the set it is scored on by its
+    index (see `actors.worker.Worker.evaluate`)."""
+
+    sets: tuple[tuple[dict[str, str], ...], ...]
+
+    def __post_init__(self) -> None:
+        if not self.sets or not all(self.sets):
+            raise ValueError("ExampleSets needs at least one set, and no empty set")
+
+
 def _pad(rows: Sequence[list[int]], value: int) -> torch.Tensor:
     width = max(len(row) for row in rows)
     return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=torch.long)

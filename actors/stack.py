@@ -8,9 +8,8 @@ its bits are held as uint16 and viewed as bfloat16 by torch, still without a cop
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import warnings
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -62,6 +61,11 @@ class LoraStack:
     @property
     def nbytes(self) -> int:
         return sum(layer.A.nbytes + layer.B.nbytes for layer in self.layers)
+
+    def select(self, indices: list[int]) -> LoraStack:
+        """The stack of the modules at ``indices``, in that order (copies of their arrays)."""
+        return replace(self, names=tuple(self.names[i] for i in indices),
+                       layers=tuple(LayerStack(layer.path, layer.A[indices], layer.B[indices]) for layer in self.layers))
 
 
 def to_storage(tensor: torch.Tensor, dtype: str) -> np.ndarray:

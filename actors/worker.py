@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from actors.cache import ModuleCache
-from actors.examples import tokenize_examples
+from actors.examples import ExampleBatch, ExampleSets, TokenRow, collate, example_ids
 from actors.loss import example_token_losses, objective_loss
 from actors.model import load_base, pick_device, quiet_loading, resolve_dtype
 from actors.stack import LoraStack
@@ -77,7 +77,8 @@ class Worker:
     Args:
         spec: loading and scoring settings.
         stack: the module pool (numpy arrays; shared zero-copy when they come from Ray's object store).
-        examples: ``{"input", "output"}`` pairs.
+        examples: ``{"input", "output"}`` pairs, or `ExampleSets` (several searches' sets: each candidate is then
+            scored on the set it names).
         gpu_ids: the GPU ids Ray assigned to this worker's actor; ``None`` in-process (the device then follows
             ``spec.device`` and what this process sees).
 
@@ -86,7 +87,7 @@ class Worker:
         >>> worker.evaluate(np.zeros((4, stack.num_modules)))  # doctest: +SKIP
     """
 
-    def __init__(self, spec: WorkerSpec, stack: LoraStack, examples: Sequence[dict[str, str]],
+    def __init__(self, spec: WorkerSpec, stack: LoraStack, examples: Sequence[dict[str, str]] | ExampleSets,
                  gpu_ids: Sequence[int | str] | None = None) -> None:
         self.spec = spec
         self.gpu_ids = None if gpu_ids is None else list(gpu_ids)
@@ -95,8 +96,12 @@ class Worker:
         self.model, self.tokenizer = load_base(spec.base, self.device, self.dtype)
         with quiet_loading():
             self.cache = ModuleCache(self.model, stack, mode=spec.mode, apply=spec.apply)
-        encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
-        self.batch = tokenize_examples(self.tokenizer, examples, encoder_decoder).to(self.device)
+        self._encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
+        sets = examples.sets if isinstance(examples, ExampleSets) else (examples,)
+        self._rows: list[list[TokenRow]] = [[example_ids(self.tokenizer, ex, self._encoder_decoder) for ex in chosen]
+                                            for chosen in sets]  # each set's token ids
+        self.batches = [self._collate(rows) for rows in self._rows]  # each set, padded, on the device
+        self.batch = self.batches[0]
         # candidates per forward pass, halved on out-of-memory
         self.pass_size = self._auto_pass_size() if spec.candidates_per_pass == "auto" else max(1, spec.candidates_per_pass)
         self._fault: str | None = None  # set by `inject_fault`
@@ -108,8 +113,9 @@ class Worker:
         torch.cuda.synchronize(self.device)
         before = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
+        largest = max(range(len(self.batches)), key=lambda i: self.batches[i].input_ids.numel())
         with self._threads():
-            self.losses(np.zeros((2, self.cache.num_modules)))
+            self.losses(np.zeros((2, self.cache.num_modules)), [largest, largest])
         per_candidate = max(1, (torch.cuda.max_memory_allocated(self.device) - before) / 2)
         free, _ = torch.cuda.mem_get_info(self.device)
         fits = int(AUTO_PASS_MEMORY_SHARE * free // per_candidate)
@@ -126,32 +132,42 @@ class Worker:
         finally:
             torch.set_num_threads(before)
 
-    def loss(self, weights: np.ndarray) -> float:
-        """The objective's loss of one candidate ``(N,)``, without gradients."""
-        size = self.spec.example_batch_size or len(self.batch)
+    def _collate(self, rows: list[TokenRow]) -> ExampleBatch:
+        return collate(rows, self.tokenizer.pad_token_id, self._encoder_decoder).to(self.device)
+
+    def loss(self, weights: np.ndarray, example_set: int = 0) -> float:
+        """The objective's loss of one candidate ``(N,)`` on example set ``example_set``, without gradients."""
+        batch = self.batches[example_set]
+        size = self.spec.example_batch_size or len(batch)
         with self._threads():
             self.cache.apply(weights)
-            parts = [example_token_losses(self.model, self.batch.select(slice(i, i + size)))
-                     for i in range(0, len(self.batch), size)]
+            parts = [example_token_losses(self.model, batch.select(slice(i, i + size)))
+                     for i in range(0, len(batch), size)]
             sums = torch.cat([s for s, _ in parts])  # (E,)
             counts = torch.cat([c for _, c in parts])  # (E,)
             return objective_loss(sums, counts, self.spec.objective, self.spec.reference_batch_size)
 
-    def losses(self, population: np.ndarray) -> list[float]:
-        """The objective's loss of each candidate of ``population`` ``(P, N)`` from one forward pass."""
-        P, E = len(population), len(self.batch)
+    def losses(self, population: np.ndarray, example_sets: Sequence[int] | None = None) -> list[float]:
+        """The objective's loss of each candidate of ``population`` ``(P, N)`` from one forward pass, each on its
+        example set (``example_sets[p]``; ``None``: the first set for all)."""
+        sets = [0] * len(population) if example_sets is None else list(example_sets)
+        rows = [len(self._rows[i]) for i in sets]  # each candidate's examples, E_p
+        if len(set(sets)) == 1:
+            batch = self.batches[sets[0]].repeat(len(population))
+        else:  # one batch of every candidate's own examples, padded to the pass's longest
+            batch = self._collate([row for i in sets for row in self._rows[i]])
         with self._threads():
-            self.cache.apply_population(population)
+            self.cache.apply_population(population, rows)
             try:
-                sums, counts = example_token_losses(self.model, self.batch.repeat(P))  # (P*E,), (P*E,)
+                sums, counts = example_token_losses(self.model, batch)  # (sum E_p,), (sum E_p,)
             finally:
                 self.cache.apply_population(None)
-            sums, counts = sums.view(P, E), counts.view(P, E)
-            return [objective_loss(sums[p], counts[p], self.spec.objective, self.spec.reference_batch_size)
-                    for p in range(P)]
+            return [objective_loss(s, c, self.spec.objective, self.spec.reference_batch_size)
+                    for s, c in zip(sums.split(rows), counts.split(rows))]
 
-    def evaluate(self, population: np.ndarray) -> list[CandidateLoss]:
-        """Score each row of ``population`` ``(P, N)``; a failing candidate yields NaN and its error, not an exception.
+    def evaluate(self, population: np.ndarray, example_sets: Sequence[int] | None = None) -> list[CandidateLoss]:
+        """Score each row of ``population`` ``(P, N)`` on its example set (``example_sets[p]``; ``None``: the first
+        set for all); a failing candidate yields NaN and its error, not an exception.
 
         With ``candidates_per_pass > 1`` rows are scored in passes of that many (the last may be smaller);
         a pass that runs out of memory is retried at half the size, and one that fails otherwise is
@@ -159,35 +175,39 @@ class Worker:
         """
         self._take_fault()
         population = np.atleast_2d(population)
+        sets = [0] * len(population) if example_sets is None else list(example_sets)
+        if len(sets) != len(population) or not all(0 <= i < len(self.batches) for i in sets):
+            raise ValueError(f"`example_sets` must name one of the worker's {len(self.batches)} sets for each of the "
+                             f"{len(population)} candidates, got {sets}")
         with self._threads():
-            return self._evaluate(population)
+            return self._evaluate(population, sets)
 
-    def _evaluate(self, population: np.ndarray) -> list[CandidateLoss]:
+    def _evaluate(self, population: np.ndarray, sets: list[int]) -> list[CandidateLoss]:
         results: list[CandidateLoss] = []
         start = 0
         while start < len(population):
-            chunk = population[start : start + self.pass_size]
+            chunk, chunk_sets = population[start : start + self.pass_size], sets[start : start + self.pass_size]
             if len(chunk) == 1:
-                results.append(self._evaluate_one(chunk[0]))
+                results.append(self._evaluate_one(chunk[0], chunk_sets[0]))
             else:
                 began = time.perf_counter()
                 try:
-                    losses = self.losses(chunk)
+                    losses = self.losses(chunk, chunk_sets)
                 except Exception as err:
                     if _out_of_memory(err):
                         self.pass_size = max(1, self.pass_size // 2)
                         continue
-                    results.extend(self._evaluate_one(weights) for weights in chunk)
+                    results.extend(self._evaluate_one(w, i) for w, i in zip(chunk, chunk_sets))
                 else:
                     seconds = (time.perf_counter() - began) / len(chunk)
                     results.extend(CandidateLoss(loss, seconds) for loss in losses)
             start += len(chunk)
         return results
 
-    def _evaluate_one(self, weights: np.ndarray) -> CandidateLoss:
+    def _evaluate_one(self, weights: np.ndarray, example_set: int = 0) -> CandidateLoss:
         start = time.perf_counter()
         try:
-            loss, error = self.loss(weights), None
+            loss, error = self.loss(weights, example_set), None
         except Exception:  # a failing candidate must not kill the pool
             loss, error = math.nan, traceback.format_exc(limit=3)
         return CandidateLoss(loss, time.perf_counter() - start, error)

@@ -15,9 +15,10 @@ from lorahub_ray.errors import (
     WorkerError,
 )
 from lorahub_ray.evaluate import EvalReport, evaluate_adapter
+from lorahub_ray.many import run_many
 from lorahub_ray.run import SearchResult, run
 
 __all__ = [
     "ConfigError", "EvalReport", "InputError", "LoraHubRayError", "ModuleMismatchError", "PoolConfig", "RunConfig",
-    "SearchResult", "WorkerError", "evaluate_adapter", "run",
+    "SearchResult", "WorkerError", "evaluate_adapter", "run", "run_many",
 ]

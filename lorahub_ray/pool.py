@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from actors import LoraStack, Worker, WorkerSpec
+from actors import ExampleSets, LoraStack, Worker, WorkerSpec
 from lorahub_ray.config import PoolConfig
 from lorahub_ray.errors import ConfigError, InefficientSettingsWarning, WorkerError
 from lorahub_ray.search import Outcome
@@ -40,7 +40,7 @@ class WorkerPool:
     Args:
         spec: how each worker loads the base model and scores.
         stack: the module pool.
-        examples: the few-shot examples.
+        examples: the few-shot examples, or `ExampleSets` for several searches at once (see `evaluate`).
         config: actors, resources, cluster address.
 
     Example:
@@ -48,7 +48,7 @@ class WorkerPool:
         ...     outcomes = pool.evaluate(np.zeros((4, stack.num_modules)))
     """
 
-    def __init__(self, spec: WorkerSpec, stack: LoraStack, examples: Sequence[dict[str, str]],
+    def __init__(self, spec: WorkerSpec, stack: LoraStack, examples: Sequence[dict[str, str]] | ExampleSets,
                  config: PoolConfig) -> None:
         self.config = config
         self._pass = spec.candidates_per_pass  # work is handed out in whole passes
@@ -69,7 +69,8 @@ class WorkerPool:
         try:
             self._check_resources()
             spec = replace(spec, gpus=config.gpus_per_actor)  # the actor's device follows what it reserved
-            self._init_args = (spec, ray.put(stack), ray.put(list(examples)))  # one object-store copy each
+            shipped = examples if isinstance(examples, ExampleSets) else list(examples)
+            self._init_args = (spec, ray.put(stack), ray.put(shipped))  # one object-store copy each
             self.actors = [self._start_actor() for _ in range(config.num_actors)]
             self._pass = min(info["candidates_per_pass"] for info in self._wait_ready())
         except BaseException:
@@ -131,18 +132,20 @@ class WorkerPool:
         self._init_args = (self._init_args[0], ray.put(stack), self._init_args[2])
         ray.get([actor.set_stack.remote(self._init_args[1]) for actor in self.actors])
 
-    def evaluate(self, population: np.ndarray) -> list[Outcome]:
-        """Score every row of ``population`` ``(P, N)``; one `Outcome` per row, in order."""
+    def evaluate(self, population: np.ndarray, example_sets: Sequence[int] | None = None) -> list[Outcome]:
+        """Score every row of ``population`` ``(P, N)``, row p on example set ``example_sets[p]`` (``None``: the
+        first set for all); one `Outcome` per row, in order."""
         population = np.atleast_2d(population)
+        sets = [0] * len(population) if example_sets is None else list(example_sets)
         if self._local is not None:
-            return [Outcome(r.loss, r.seconds, None, r.error) for r in self._local.evaluate(population)]
+            return [Outcome(r.loss, r.seconds, None, r.error) for r in self._local.evaluate(population, sets)]
         passes = math.ceil(math.ceil(len(population) / len(self.actors)) / self._pass)
         size = passes * self._pass  # whole passes: every candidate shares a pass with the same others, whatever the actors
-        chunks = [population[i : i + size] for i in range(0, len(population), size)]
+        chunks = [(population[i : i + size], sets[i : i + size]) for i in range(0, len(population), size)]
         results = self._run_chunks(chunks)
         return [outcome for chunk in results for outcome in chunk]
 
-    def _run_chunks(self, chunks: list[np.ndarray]) -> list[list[Outcome]]:
+    def _run_chunks(self, chunks: list[tuple[np.ndarray, list[int]]]) -> list[list[Outcome]]:
         """Hand chunks to free actors; re-queue the chunk of an actor that died or hung and replace that actor."""
         results: list[list[Outcome] | None] = [None] * len(chunks)
         queue, idle = deque(range(len(chunks))), deque(range(len(self.actors)))
@@ -152,7 +155,7 @@ class WorkerPool:
             while queue and idle:
                 slot, index = idle.popleft(), queue.popleft()
                 deadline = math.inf if timeout is None else time.monotonic() + timeout
-                running[self.actors[slot].evaluate.remote(chunks[index])] = (slot, index, deadline)
+                running[self.actors[slot].evaluate.remote(*chunks[index])] = (slot, index, deadline)
             ref, losses, lost = self._next_finished(running)
             slot, index, _ = running.pop(ref)
             if lost is not None:
@@ -312,7 +315,8 @@ def _remote_worker_class():
     import ray
 
     class RayWorker(Worker):
-        def __init__(self, spec: WorkerSpec, stack: LoraStack, examples: Sequence[dict[str, str]]) -> None:
+        def __init__(self, spec: WorkerSpec, stack: LoraStack,
+                     examples: Sequence[dict[str, str]] | ExampleSets) -> None:
             super().__init__(spec, stack, examples, gpu_ids=ray.get_gpu_ids())
 
         def node_id(self) -> str:

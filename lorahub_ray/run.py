@@ -138,7 +138,7 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
         prefilter=report, stack=stack,
     )
     if final is not None:
-        _write_output(result, final, merge)
+        write_result(result, final, merge)
     return result
 
 
@@ -201,7 +201,7 @@ def resume(output: str | Path, pool: PoolConfig | None = None, *, merge: bool = 
     return run(config, pool, output, history=history, merge=merge, progress=progress, on_generation=on_generation)
 
 
-def _write_output(result: SearchResult, final: Path, merge: bool) -> None:
+def write_result(result: SearchResult, final: Path, merge: bool) -> None:
     """Write the results into a staging dir inside ``final``, then move them into place, ``result.json`` last."""
     with staged_result(final) as staging:
         adapter = write_adapter(staging / ADAPTER_DIR, result.stack, np.array(list(result.weights.values())),

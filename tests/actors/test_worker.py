@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from actors import Worker, WorkerSpec
+from actors import ExampleSets, Worker, WorkerSpec
 from actors.examples import tokenize_examples
 from actors.loss import objective_loss
 from actors.model import load_base
@@ -110,11 +110,11 @@ def test_a_pass_out_of_memory_is_retried_at_half_size(t5_world, monkeypatch):
     sizes = []
     real_losses = worker.losses
 
-    def limited(chunk):
+    def limited(chunk, sets=None):
         sizes.append(len(chunk))
         if len(chunk) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_losses(chunk)
+        return real_losses(chunk, sets)
 
     monkeypatch.setattr(worker, "losses", limited)
     results = worker.evaluate(population)
@@ -126,7 +126,7 @@ def test_a_pass_out_of_memory_is_retried_at_half_size(t5_world, monkeypatch):
 def test_a_pass_that_fails_otherwise_is_rescored_one_by_one(t5_world, monkeypatch):
     stack = load_stack(t5_world["modules"])
     worker = Worker(WorkerSpec(base=t5_world["base"], device="cpu", candidates_per_pass=4), stack, EXAMPLES)
-    monkeypatch.setattr(worker, "losses", lambda chunk: (_ for _ in ()).throw(ValueError("broken pass")))
+    monkeypatch.setattr(worker, "losses", lambda chunk, sets=None: (_ for _ in ()).throw(ValueError("broken pass")))
     results = worker.evaluate(np.zeros((3, 3)))
     assert all(np.isfinite(r.loss) and r.error is None for r in results)
     assert worker.pass_size == 4
@@ -211,9 +211,9 @@ def test_auto_pass_size_is_one_on_cpu_and_what_free_memory_holds_on_cuda(t5_worl
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 2 * free))
     losses = worker.losses
 
-    def pass_of(population):
+    def pass_of(population, sets=None):
         peak["value"] += per_candidate * len(population)
-        return losses(population)
+        return losses(population, sets)
 
     monkeypatch.setattr(worker, "losses", pass_of)
     expected = 2 ** int(np.log2(actors.worker.AUTO_PASS_MEMORY_SHARE * free // per_candidate))  # 233 -> 128
@@ -222,3 +222,29 @@ def test_auto_pass_size_is_one_on_cpu_and_what_free_memory_holds_on_cuda(t5_worl
     assert worker._auto_pass_size() == actors.worker.MAX_AUTO_PASS
     per_candidate, free = 10**9, 10**8
     assert worker._auto_pass_size() == 1, "a pass of one always runs (out-of-memory is then the guard)"
+
+
+OTHER_EXAMPLES = [{"input": "x", "output": "yz"}, {"input": "hello there", "output": "q"},
+                  {"input": "a b", "output": "long answer"}]
+
+
+@pytest.mark.parametrize("mode", ["ab", "delta"])
+def test_one_pass_mixes_candidates_of_different_example_sets(world, mode):
+    """Several searches' candidates in one forward pass score as each would alone on its own examples, whether
+    the sets have the same number of examples or not."""
+    stack = load_stack(world["modules"])
+    population = np.random.default_rng(3).uniform(-1.5, 1.5, (5, 3))
+    sets = [1, 0, 2, 1, 0]
+    example_sets = ExampleSets((tuple(EXAMPLES), tuple(OTHER_EXAMPLES), tuple(EXAMPLES[::-1])))
+    mixed = Worker(WorkerSpec(base=world["base"], mode=mode, device="cpu", candidates_per_pass=5), stack,
+                   example_sets)
+    alone = {i: Worker(WorkerSpec(base=world["base"], mode=mode, device="cpu"), stack, list(chosen))
+             for i, chosen in enumerate(example_sets.sets)}
+    expected = [alone[i].loss(w) for w, i in zip(population, sets)]
+    np.testing.assert_allclose(mixed.losses(population, sets), expected, rtol=1e-5)
+    np.testing.assert_allclose([r.loss for r in mixed.evaluate(population, sets)], expected, rtol=1e-5)
+    assert len({round(x, 6) for x in expected}) == 5, "different sets and weights: different losses"
+    one_by_one = Worker(WorkerSpec(base=world["base"], mode=mode, device="cpu"), stack, example_sets)
+    assert [r.loss for r in one_by_one.evaluate(population, sets)] == expected, "one at a time: the same numbers"
+    with pytest.raises(ValueError, match="example_sets"):
+        mixed.evaluate(population, [0, 1, 3, 0, 0])
