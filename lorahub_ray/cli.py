@@ -22,15 +22,19 @@ from lorahub_ray.tune import add_tune_command, run_tune_command
 
 def _pool_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("actor pool")
-    group.add_argument("--actors", type=int, default=1, help="Ray actors evaluating in parallel; 0 = in this process")
+    group.add_argument("--actors", type=int, default=None,
+                       help="Ray actors evaluating in parallel; 0 = in this process (default: one per GPU of the "
+                            "cluster when it has GPUs and --gpus-per-actor is not given, else 1)")
     group.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor (also its torch threads)")
-    group.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor, fractions allowed")
+    group.add_argument("--gpus-per-actor", type=float, default=None,
+                       help="GPUs per actor, fractions allowed (default: the cluster's GPUs shared out over the "
+                            "actors, at most 1 each; 0 without GPUs)")
     group.add_argument("--address", default=None,
                        help="join a Ray cluster: 'auto' (the one `ray start` left here), 'host:6379' or "
                             "'ray://host:10001'; default: $RAY_ADDRESS if set, else a private local Ray")
     group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                       help="auto: CUDA for actors that reserve a GPU (--gpus-per-actor > 0), else CPU; "
-                            "with --actors 0, CUDA when visible")
+                       help="auto: CUDA for actors that reserve a GPU, else CPU; with --actors 0, CUDA when "
+                            "visible")
     group.add_argument("--apply", choices=["merge", "slot"], default="merge",
                        help="how a candidate is applied in place: merged into the base weights, or a LoRA slot")
     group.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
@@ -84,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="find composition weights for a few examples and write the adapter")
     search.add_argument("--base", help="base model: local directory or hub id")
     search.add_argument("--modules", nargs="+", help="LoRA adapters: local directories or hub ids")
-    search.add_argument("--examples", help='JSONL file, one {"input": ..., "output": ...} per line')
+    search.add_argument("--examples", help='JSONL file, one {"input": ..., "output": ...} per line; or a directory '
+                                           'of such files: one search per file, all on one actor pool, each written '
+                                           'to OUTPUT/<file name without .jsonl>/')
     search.add_argument("--output", help="directory for adapter/ and result.json (new or empty); holds "
                                          "checkpoint.json while the search runs")
     search.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR (its --output) "
@@ -175,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _search(args: argparse.Namespace) -> None:
     from lorahub_ray.run import resume, run
 
+    if args.examples and Path(args.examples).is_dir() and not args.resume:
+        _search_many(args)
+        return
     if args.resume:
         _check_resume(args)
         result = resume(args.resume, _pool_config(args), merge=args.merge, progress=not args.quiet)
@@ -195,6 +204,42 @@ def _search(args: argparse.Namespace) -> None:
     for name, weight in sorted(result.weights.items(), key=lambda kv: -abs(kv[1]))[:10]:
         print(f"  {weight:+.3f}  {name}")
     print(f"adapter: {result.adapter_dir}\nresult:  {result.output / 'result.json'}")
+
+
+def _search_many(args: argparse.Namespace) -> None:
+    """``--examples DIR``: one search per ``DIR/*.jsonl`` on one pool (`lorahub_ray.many.run_many`), each written to
+    ``OUTPUT/<task>``; OUTPUT is created if new, and removed again if nothing could be written into it."""
+    from lorahub_ray.many import run_many
+
+    tasks = sorted(Path(args.examples).glob("*.jsonl"))
+    if not tasks:
+        raise InputError(f"--examples {args.examples!r} is a directory without *.jsonl files; expected one few-shot "
+                         "JSONL file per task (or give one file)")
+    if missing := [f"--{name}" for name in ("base", "modules", "output") if not getattr(args, name)]:
+        raise ConfigError(f"search needs {', '.join(missing)}")
+    if refused := [flag for flag, given in (("--prefilter", args.prefilter), ("--merge", args.merge)) if given]:
+        raise ConfigError(f"a directory of tasks (--examples {args.examples}) runs without {', '.join(refused)}")
+    out = Path(args.output)
+    created = not out.exists()
+    if created:
+        try:
+            out.mkdir()
+        except OSError as err:
+            raise ConfigError(f"--output {str(out)!r} cannot be created ({err.strerror})") from None
+    configs = [RunConfig(base=args.base, modules=args.modules, examples=str(task), budget=args.budget,
+                         optimizer=args.optimizer, population=args.population, mode=args.mode,
+                         objective=args.objective, l1=args.l1, seed=args.seed) for task in tasks]
+    try:
+        results = run_many(configs, _pool_config(args), [out / task.stem for task in tasks],
+                           overwrite=args.overwrite, progress=not args.quiet)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    for task, result in zip(tasks, results):
+        top = max(result.weights.items(), key=lambda kv: abs(kv[1]))
+        print(f"{task.stem}: best score {result.best_score:.4f} (loss {result.best_loss:.4f}), largest weight "
+              f"{top[1]:+.3f} {top[0]}; adapter: {result.adapter_dir}")
 
 
 def _check_resume(args: argparse.Namespace) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from actors.cache import APPLY_METHODS
 from actors.compose import MODES
@@ -111,9 +111,12 @@ class PoolConfig:
     """Where and how candidates are evaluated; runtime only, never saved.
 
     Args:
-        num_actors: Ray actors evaluating in parallel; ``0`` evaluates in this process without Ray.
+        num_actors: Ray actors evaluating in parallel; ``0`` evaluates in this process without Ray. ``None``: one
+            actor per GPU of the Ray cluster when it has GPUs and ``gpus_per_actor`` is not set, else 1.
         cpus_per_actor: CPUs reserved per actor (fractional allowed); also its torch thread count.
-        gpus_per_actor: GPUs reserved per actor (fractional allowed, e.g. 0.25 packs four on a GPU).
+        gpus_per_actor: GPUs reserved per actor (fractional allowed, e.g. 0.25 packs four on a GPU). ``None``: the
+            cluster's GPUs shared out (1 each with one actor per GPU; ``G / num_actors``, at most 1, with
+            ``num_actors`` set), or 0 on a cluster without GPUs. See `resolve`.
         address: ``None`` starts a private local Ray (or joins the cluster that the ``RAY_ADDRESS`` environment
             variable names); ``"auto"`` (the cluster ``ray start`` left on this machine), ``"host:port"`` or
             ``"ray://host:port"`` joins a cluster, which must answer within `lorahub_ray.pool.CONNECT_TIMEOUT_S`
@@ -136,9 +139,9 @@ class PoolConfig:
             ``"bfloat16"`` halve its memory; actors compute in ``dtype``).
     """
 
-    num_actors: int = 1
+    num_actors: int | None = None
     cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
+    gpus_per_actor: float | None = None
     address: str | None = None
     apply: str = "merge"
     dtype: str = "auto"
@@ -150,16 +153,19 @@ class PoolConfig:
     generation_timeout_s: float | None = 3600.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_actors, int) or self.num_actors < 0:
-            raise ConfigError(f"`num_actors` must be an integer >= 0, got {self.num_actors!r}")
+        if self.num_actors is not None and (not _is_int(self.num_actors) or self.num_actors < 0):
+            raise ConfigError(f"`num_actors` must be an integer >= 0 or None (one per GPU), got {self.num_actors!r}")
         if not (isinstance(self.cpus_per_actor, (int, float)) and 0 < self.cpus_per_actor < math.inf):
             raise ConfigError(f"`cpus_per_actor` must be a number > 0, got {self.cpus_per_actor!r}")
-        if not (isinstance(self.gpus_per_actor, (int, float)) and 0 <= self.gpus_per_actor < math.inf):
-            raise ConfigError(f"`gpus_per_actor` must be a number >= 0, got {self.gpus_per_actor!r}")
+        if self.gpus_per_actor is not None and not (
+                isinstance(self.gpus_per_actor, (int, float)) and 0 <= self.gpus_per_actor < math.inf):
+            raise ConfigError(f"`gpus_per_actor` must be a number >= 0 or None (the cluster's GPUs shared out), "
+                              f"got {self.gpus_per_actor!r}")
         _one_of("apply", self.apply, APPLY_METHODS)
         _one_of("dtype", self.dtype, DTYPE_CHOICES)
         _one_of("device", self.device, ("auto", "cpu", "cuda"))
-        if self.device == "cuda" and self.num_actors > 0 and not self.gpus_per_actor > 0:
+        if self.device == "cuda" and self.num_actors != 0 and self.gpus_per_actor is not None \
+                and not self.gpus_per_actor > 0:
             raise ConfigError(f"`device` 'cuda' on actors needs `gpus_per_actor` > 0 (a GPU reserved for each), got "
                               f"{self.gpus_per_actor!r}; reserve GPUs, or use `device` 'auto' or 'cpu'")
         if self.generation_timeout_s is not None and not self.generation_timeout_s > 0:
@@ -172,6 +178,24 @@ class PoolConfig:
                               f"got {self.candidates_per_pass!r}")
         if self.example_batch_size is not None and self.example_batch_size < 1:
             raise ConfigError(f"`example_batch_size` must be >= 1 or None, got {self.example_batch_size!r}")
+
+    def resolve(self, cluster_gpus: float) -> PoolConfig:
+        """This config with a concrete ``num_actors`` and ``gpus_per_actor`` on a Ray cluster of ``cluster_gpus``
+        GPUs: neither set and a GPU there, one actor per whole GPU, 1 GPU each; else ``num_actors`` (default 1)
+        actors sharing the GPUs (``G / num_actors`` each, at most 1) unless ``gpus_per_actor`` is set.
+
+        Raises:
+            ConfigError: ``device`` 'cuda' and no GPU for the actors.
+        """
+        if self.num_actors == 0:
+            return replace(self, gpus_per_actor=self.gpus_per_actor or 0.0)
+        if self.num_actors is None and self.gpus_per_actor is None and cluster_gpus >= 1:
+            return replace(self, num_actors=int(cluster_gpus), gpus_per_actor=1.0)
+        actors = 1 if self.num_actors is None else self.num_actors
+        gpus = self.gpus_per_actor
+        if gpus is None:  # the cluster's GPUs shared out; Ray takes fractions below 1 to 4 decimals
+            gpus = min(1.0, math.floor(10_000 * cluster_gpus / actors) / 10_000)
+        return replace(self, num_actors=actors, gpus_per_actor=gpus)
 
     @property
     def threads_per_actor(self) -> int:

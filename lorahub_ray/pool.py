@@ -41,7 +41,8 @@ class WorkerPool:
         spec: how each worker loads the base model and scores.
         stack: the module pool.
         examples: the few-shot examples, or `ExampleSets` for several searches at once (see `evaluate`).
-        config: actors, resources, cluster address.
+        config: actors, resources, cluster address; ``self.config`` holds it resolved on the cluster
+            (`PoolConfig.resolve`).
 
     Example:
         >>> with WorkerPool(spec, stack, examples, PoolConfig(num_actors=2)) as pool:  # doctest: +SKIP
@@ -67,6 +68,7 @@ class WorkerPool:
             _start_ray(config)
             self._owns_ray = True
         try:
+            self.config = config = config.resolve(ray.cluster_resources().get("GPU", 0.0))
             self._check_resources()
             spec = replace(spec, gpus=config.gpus_per_actor)  # the actor's device follows what it reserved
             shipped = examples if isinstance(examples, ExampleSets) else list(examples)

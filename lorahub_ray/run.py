@@ -108,10 +108,6 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
     search = Search(num_candidates, config.budget, config.optimizer, config.population,
                     config.seed, config.l1, config.bound)
     search.replay(history)
-    population = search.steady_population
-    if population > 1 and pool.num_actors > 1 and population % pool.num_actors:
-        warnings.warn(f"a population of {population} does not divide over {pool.num_actors} actors: "
-                      "some actors idle at the end of each generation", InefficientSettingsWarning, stacklevel=2)
     spec = worker_spec(config, pool)
     with ray_session(pool):
         report = _prefilter(prefilter, entries, examples, spec, pool, config.seed) if prefilter else None
@@ -121,6 +117,7 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
         with WorkerPool(spec, stack, examples, pool) as workers, \
                 tqdm(total=config.budget, initial=len(search.history), desc="evaluations", unit="eval",
                      disable=not progress) as bar:
+            _warn_if_uneven(search.steady_population, len(workers.actors))
             def after_generation(s: Search) -> None:
                 if all(e.loss is None for e in s.history):
                     raise WorkerError(f"every candidate so far failed; the first error:\n{s.history[0].error}")
@@ -140,6 +137,12 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
     if final is not None:
         write_result(result, final, merge)
     return result
+
+
+def _warn_if_uneven(population: int, actors: int) -> None:
+    if population > 1 and actors > 1 and population % actors:
+        warnings.warn(f"a population of {population} does not divide over {actors} actors: "
+                      "some actors idle at the end of each generation", InefficientSettingsWarning, stacklevel=3)
 
 
 def worker_spec(config: RunConfig, pool: PoolConfig) -> WorkerSpec:

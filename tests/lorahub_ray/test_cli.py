@@ -137,3 +137,33 @@ def test_a_killed_search_resumes_to_the_uninterrupted_result(t5_world, examples_
 
     assert len(resumed["history"]) == 600 and trajectory(resumed) == trajectory(uninterrupted)
     assert resumed["weights"] == uninterrupted["weights"]
+
+
+def test_a_directory_of_tasks_runs_one_search_each_on_one_pool(t5_world, examples_file, tmp_path, capsys):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    shutil.copy(examples_file, tasks / "first.jsonl")
+    (tasks / "second.jsonl").write_text("\n".join(json.dumps({"input": f"q{i}", "output": f"a{i}"})
+                                                  for i in range(4)) + "\n")
+    assert main(_search_args(t5_world, tasks, tmp_path / "out")) == 0
+    printed = capsys.readouterr().out
+    for task in ("first", "second"):
+        saved = json.loads((tmp_path / "out" / task / "result.json").read_text())
+        assert saved["evaluations"] == 4 and saved["config"]["examples"] == str(tasks / f"{task}.jsonl")
+        assert f"{task}: best score" in printed and str(tmp_path / "out" / task / "adapter") in printed
+    # the first task's search is the one a single file gives
+    assert main(_search_args(t5_world, tasks / "first.jsonl", tmp_path / "alone")) == 0
+    alone = json.loads((tmp_path / "alone" / "result.json").read_text())
+    assert alone["weights"] == json.loads((tmp_path / "out" / "first" / "result.json").read_text())["weights"]
+
+
+def test_a_directory_of_tasks_with_a_bad_file_writes_nothing(t5_world, examples_file, tmp_path, capsys):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    assert main(_search_args(t5_world, tasks, tmp_path / "out")) == 2
+    assert "without *.jsonl files" in capsys.readouterr().err
+    shutil.copy(examples_file, tasks / "good.jsonl")
+    (tasks / "bad.jsonl").write_text('{"input": "x"}\n')
+    assert main(_search_args(t5_world, tasks, tmp_path / "out")) == 2
+    assert "bad.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists(), "the output made for the tasks is removed again"

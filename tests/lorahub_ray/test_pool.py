@@ -87,7 +87,8 @@ def test_an_unreachable_cluster_is_a_one_line_error_not_a_retry_loop(t5_world, e
 
 
 @pytest.mark.parametrize(("settings", "field"), [
-    ({"device": "cuda"}, "gpus_per_actor"), ({"device": "cuda", "gpus_per_actor": 0.0}, "gpus_per_actor"),
+    ({"device": "cuda", "gpus_per_actor": 0.0}, "gpus_per_actor"), ({"num_actors": -1}, "num_actors"),
+    ({"num_actors": 1.5}, "num_actors"), ({"gpus_per_actor": -0.5}, "gpus_per_actor"),
     ({"generation_timeout_s": 0}, "generation_timeout_s"), ({"generation_timeout_s": -1.0}, "generation_timeout_s"),
     ({"generation_timeout_s": math.nan}, "generation_timeout_s"),
     ({"cpus_per_actor": math.nan}, "cpus_per_actor"), ({"cpus_per_actor": math.inf}, "cpus_per_actor"),
@@ -95,7 +96,7 @@ def test_an_unreachable_cluster_is_a_one_line_error_not_a_retry_loop(t5_world, e
 ])
 def test_bad_pool_settings_name_the_field(settings, field):
     with pytest.raises(ConfigError, match=f"`{field}`"):
-        PoolConfig(num_actors=1, **settings)
+        PoolConfig(**{"num_actors": 1, **settings})
 
 
 def test_cuda_is_accepted_in_process_or_with_a_gpu_reserved():
