@@ -8,6 +8,15 @@ and random LoRA modules on the machine itself, then measures:
   passes      evaluations per second with ``candidates_per_pass`` 1, 8 and 32 (one in-process worker on CUDA),
               and each worker's pass size after its run (halved automatically on out-of-memory)
   actors      a search on 1 actor (1 GPU) and on 2 actors (0.5 GPU each): the same history, evaluations per second
+  shapes      for real model shapes (SmolLM2-135M, Flan-T5-large, a 1B Llama), random weights, 20 modules, 5 examples:
+              ms per evaluation of the reference loop, the bare float32 forward, the engine one candidate at a
+              time (float32), the engine with default settings (dtype and pass size auto) and with the best pass
+              size measured (bfloat16); each against the compute limit (2 x parameters x tokens FLOPs at the
+              device's measured bfloat16 matmul rate)
+  many        S searches (each its own examples and seed) at once on one pool (`run_many`, default pool settings)
+              against the same searches run one after another, each starting its actors (`run`); wall-clock from
+              the call to the last result. On the GPU the one-after-another time is measured on the first
+              `SEQUENTIAL_MEASURED` searches and scaled to S; the identical results are checked on those.
 
     python benchmarks/gpu_check.py                      # on a CUDA machine; writes benchmarks/results/gpu.json
     python benchmarks/gpu_check.py --out $OUT/gpu.json  # on the lent machine (see ../shared/device/README.md)
@@ -45,12 +54,36 @@ SEARCH_PASS = 8  # candidates_per_pass of the 1- and 2-actor searches
 SEARCH_BUDGET = {"gpu": 96, "dry": 8}
 ROUNDS = {"gpu": 3, "dry": 1}  # timed populations per pass size (after one warm-up)
 DEVICE_GPUS = (0.0, 0.5, 1.0)  # gpus_per_actor whose device is reported
+SHAPE_MODELS = {  # name: (kind, config, rank, example input bytes); random weights, byte tokenizer
+    "gpu": {
+        "smollm2-135m": ("llama", {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+                                   "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+                                   "tie_word_embeddings": True}, 8, 256),
+        "flan-t5-large": ("t5", {"vocab_size": 32128, "d_model": 1024, "d_kv": 64, "d_ff": 2816, "num_layers": 24,
+                                 "num_heads": 16, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False,
+                                 "initializer_factor": 0.05}, 16, 256),
+        "llama-1b": ("llama", {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192,
+                               "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+                               "tie_word_embeddings": True}, 8, 256),
+    },
+    "dry": {
+        "tiny-llama": ("llama", {"vocab_size": 1000, "hidden_size": 32, "intermediate_size": 64,
+                                 "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}, 4, 24),
+        "tiny-t5": ("t5", {"vocab_size": 1000, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2,
+                           "num_heads": 4, "initializer_factor": 0.05}, 4, 24),
+    },
+}
+SHAPE_PASSES = {"gpu": (64, 128, 256), "dry": (2, 4)}  # bfloat16 pass sizes tried for the best setting
+SHAPE_MODULES = 20
+MANY = {"gpu": (24, 200), "dry": (3, 8)}  # searches and budget of each in the many-searches check
+SEQUENTIAL_MEASURED = {"gpu": 2, "dry": 3}  # of those, run one after another
 RESULTS = Path(__file__).parent / "results"
 # ---------------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="the GPU check: devices, bfloat16, passes, 1 vs 2 actors")
+    parser = argparse.ArgumentParser(description="the GPU check: devices, bfloat16, passes, 1 vs 2 actors, many "
+                                                 "searches on one pool")
     parser.add_argument("--cpu-dry-run", action="store_true", help="tiny shapes on CPU: tests this script only")
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu.json", help="where to write the figures")
     args = parser.parse_args(argv)
@@ -87,6 +120,7 @@ def run_checks(mode: str) -> dict:
         stack = load_stack([str(p) for p in build_random_modules(base, Path(tmp) / "modules", count, rank=rank)])
         examples = make_examples(length)
         figures = {"mode": mode, "config": config(mode), "versions": versions(), "device": device_info(device)}
+        figures["shapes"] = shape_checks(mode, device, Path(tmp) / "shapes")
         figures["dtypes"] = dtype_difference(base, stack, examples, device)
         figures["passes"] = pass_throughput(base, stack, examples, device, ROUNDS[mode])
         ray.init(address="local", num_cpus=4 if mode == "dry" else None, num_gpus=1 if mode == "dry" else None,
@@ -94,10 +128,119 @@ def run_checks(mode: str) -> dict:
         try:
             figures["actors"] = actor_checks(base, stack, examples, "cpu" if mode == "dry" else "auto",
                                              SEARCH_BUDGET[mode])
+            figures["many"] = many_searches(base, list(stack.names), length, "cpu" if mode == "dry" else "auto",
+                                            *MANY[mode], SEQUENTIAL_MEASURED[mode])
         finally:
             ray.shutdown()
     figures["ratios"] = ratios(figures)
     return figures
+
+
+def build_shape(kind: str, settings: dict, out: Path, device: str) -> Path:
+    """Save a random-weight model of ``settings`` with a byte tokenizer (its ids are all below the vocabulary)."""
+    import torch
+    from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+    from actors.model import quiet_loading
+
+    torch.manual_seed(0)
+    tokenizer = ByT5Tokenizer()
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if kind == "t5":
+        config, model_class = T5Config(**settings, decoder_start_token_id=tokenizer.pad_token_id, **ids), \
+            T5ForConditionalGeneration
+    else:
+        config, model_class = LlamaConfig(**settings, bos_token_id=None, **ids), LlamaForCausalLM
+    with torch.device(device):  # random initialisation on the device: seconds, even for a 1B model
+        model = model_class(config)
+    with quiet_loading():
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def evaluation_flops(model, batch) -> float:
+    """The matrix work one evaluation needs: 2 x weight x tokens for every linear layer of the body over the tokens
+    it sees (encoder: the inputs; decoder: all of a decoder-only sequence, a T5 decoder's targets), and the LM head
+    at the answer tokens only (T5: every target is one)."""
+    from torch import nn
+
+    from actors.examples import IGNORE
+
+    answers = int((batch.labels != IGNORE).sum())
+    head = model.get_output_embeddings()
+    flops = 2 * head.weight.numel() * answers
+    for name, layer in model.named_modules():
+        if isinstance(layer, nn.Linear) and layer is not head:
+            decoder = batch.encoder_decoder and not name.startswith("encoder")
+            seen = answers if decoder else int(batch.attention_mask.sum())
+            flops += 2 * layer.weight.numel() * seen
+    return float(flops)
+
+
+def peak_matmul_flops(device: str) -> float:
+    """The device's bfloat16 (CPU: float32) matmul rate, FLOP/s, from timed square products."""
+    import torch
+
+    size, dtype = (8192, torch.bfloat16) if device == "cuda" else (512, torch.float32)
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    repeats = 20 if device == "cuda" else 5
+    a @ b
+    _synchronize(torch, device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _synchronize(torch, device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def shape_checks(mode: str, device: str, root: Path) -> dict:
+    """ms per evaluation for every shape of `SHAPE_MODELS`, side by side, and the compute limit of each."""
+    import torch
+
+    from actors import Worker, WorkerSpec
+    from actors.examples import IGNORE
+    from lorahub_ray.modules import load_stack
+    from lorahub_ray.toy import build_random_modules
+    from throughput import bare_forward, median_seconds, reference_evaluation
+
+    peak = peak_matmul_flops(device)
+    rows = []
+    for name, (kind, settings, rank, length) in SHAPE_MODELS[mode].items():
+        base = build_shape(kind, settings, root / name / "base", device)
+        modules = build_random_modules(base, root / name / "modules", SHAPE_MODULES, rank=rank, seed=1)
+        stack, examples = load_stack([str(m) for m in modules]), make_examples(length)
+        candidates = population(SHAPE_MODULES, max(SHAPE_PASSES[mode]) * 2)
+        timed = lambda fn: median_seconds(lambda: (fn(), _synchronize(torch, device)), repeats=3)  # noqa: E731
+        reference = reference_evaluation(base, modules, examples, device)
+        row: dict = {"shape": name, "kind": kind, "rank": rank,
+                     "reference_ms": 1e3 * timed(lambda: reference(candidates[0]))}
+        del reference
+        one = Worker(WorkerSpec(base=str(base), device=device, dtype="float32", candidates_per_pass=1), stack,
+                     examples)
+        row.update(parameters=sum(p.numel() for p in one.model.parameters()),
+                   tokens=int(one.batch.attention_mask.sum()), answer_tokens=int((one.batch.labels != IGNORE).sum()),
+                   flops=evaluation_flops(one.model, one.batch),
+                   bare_forward_float32_ms=1e3 * timed(lambda: bare_forward(one.model, one.batch)),
+                   one_at_a_time_float32_ms=1e3 * timed(lambda: one.loss(candidates[0])))
+        del one
+        for label, spec in [("default", {}), *[(f"bfloat16_pass{size}", {"dtype": "bfloat16",
+                                                                          "candidates_per_pass": size})
+                                               for size in SHAPE_PASSES[mode]]]:
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            worker = Worker(WorkerSpec(base=str(base), device=device, **spec), stack, examples)
+            size = worker.pass_size
+            chosen = candidates[: max(2 * size, 2)]
+            row[f"{label}_ms"] = 1e3 * timed(lambda: worker.evaluate(chosen)) / len(chosen)
+            row[f"{label}_pass"] = worker.pass_size
+            del worker
+        best = min(ms for key, ms in row.items() if key.endswith("_ms") and key.startswith(("bfloat16_pass",
+                                                                                              "default")))
+        row.update(best_ms=best, compute_limit_ms=1e3 * row["flops"] / peak, default_vs_best=best / row["default_ms"])
+        row["best_vs_limit"] = row["compute_limit_ms"] / best
+        rows.append(row)
+    return {"peak_flops": peak, "modules": SHAPE_MODULES, "examples": EXAMPLES, "rows": rows}
 
 
 def make_examples(length: int, seed: int = 0) -> list[dict[str, str]]:
@@ -202,18 +345,47 @@ def timed_search(pool, num_modules: int, budget: int) -> dict:
             "evaluations": len(run.history), "seconds": seconds, "evals_per_s": len(run.history) / seconds}
 
 
+def many_searches(base: str, modules: list[str], length: int, device: str, count: int, budget: int,
+                  measured: int) -> dict:
+    """``count`` searches of ``budget`` on one pool against the first ``measured`` of them run one by one."""
+    from lorahub_ray.config import PoolConfig, RunConfig
+    from lorahub_ray.many import run_many
+    from lorahub_ray.run import run
+
+    configs = [RunConfig(base=base, modules=modules, examples=make_examples(length, seed=task), budget=budget,
+                         seed=task) for task in range(count)]
+    pool = PoolConfig(device=device)  # the defaults: one actor per GPU, passes sized on the device
+    start = time.perf_counter()
+    together = run_many(configs, pool, progress=False)
+    many_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    alone = [run(config, pool, progress=False) for config in configs[:measured]]
+    alone_seconds = time.perf_counter() - start
+    return {"searches": count, "budget": budget, "evaluations": count * budget, "many_seconds": many_seconds,
+            "one_after_another_measured": measured, "one_after_another_seconds": alone_seconds,
+            "one_after_another_seconds_for_all": alone_seconds * count / measured,
+            "same_results": all(a.weights == b.weights and a.best_score == b.best_score
+                                for a, b in zip(together, alone)),
+            "max_best_score_diff": max(abs(a.best_score - b.best_score) for a, b in zip(together, alone))}
+
+
 def ratios(figures: dict) -> dict:
     rate = {row["candidates_per_pass"]: row["evals_per_s"] for row in figures["passes"]}
     search = figures["actors"]["search"]
     return {**{f"pass{size}_vs_pass1": rate[size] / rate[1] for size in PASSES[1:]},
-            "two_actors_vs_one": search["two_actors"]["evals_per_s"] / search["one_actor"]["evals_per_s"]}
+            "two_actors_vs_one": search["two_actors"]["evals_per_s"] / search["one_actor"]["evals_per_s"],
+            **{f"{row['shape']}_default_vs_best": row["default_vs_best"] for row in figures["shapes"]["rows"]},
+            **{f"{row['shape']}_best_vs_limit": row["best_vs_limit"] for row in figures["shapes"]["rows"]},
+            "many_vs_one_after_another": figures["many"]["one_after_another_seconds_for_all"]
+            / figures["many"]["many_seconds"]}
 
 
 def config(mode: str) -> dict:
     kind, d_model, layers, heads, d_ff, count, rank, length = SHAPES[mode]
     return {"kind": kind, "d_model": d_model, "layers": layers, "heads": heads, "d_ff": d_ff, "modules": count,
             "rank": rank, "examples": EXAMPLES, "input_bytes": length, "passes": list(PASSES),
-            "search_pass": SEARCH_PASS, "search_budget": SEARCH_BUDGET[mode], "rounds": ROUNDS[mode]}
+            "search_pass": SEARCH_PASS, "search_budget": SEARCH_BUDGET[mode], "rounds": ROUNDS[mode],
+            "many": MANY[mode], "sequential_measured": SEQUENTIAL_MEASURED[mode]}
 
 
 def versions() -> dict:
@@ -249,6 +421,15 @@ def report(figures: dict) -> None:
     search = figures["actors"]["search"]
     print(f"  search, {search['pass']} per pass: 1 actor {search['one_actor']['evals_per_s']:.1f} eval/s, "
           f"2 actors {search['two_actors']['evals_per_s']:.1f} eval/s; same history: {search['same_history']}")
+    for row in figures["shapes"]["rows"]:
+        print(f"  {row['shape']}: reference {row['reference_ms']:.2f} ms, bare float32 "
+              f"{row['bare_forward_float32_ms']:.2f}, one at a time {row['one_at_a_time_float32_ms']:.2f}, default {row['default_ms']:.3f} (pass "
+              f"{row['default_pass']}), best {row['best_ms']:.3f}, compute limit {row['compute_limit_ms']:.3f} ms "
+              f"({row['best_vs_limit']:.0%} of the limit; default {row['default_vs_best']:.0%} of the best)")
+    many = figures["many"]
+    print(f"  {many['searches']} searches x {many['budget']}: {many['many_seconds']:.1f} s on one pool, "
+          f"{many['one_after_another_seconds_for_all']:.1f} s one after another ({many['one_after_another_measured']} "
+          f"measured); same results: {many['same_results']}")
 
 
 if __name__ == "__main__":

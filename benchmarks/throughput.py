@@ -107,18 +107,18 @@ def interleaved_medians(fns: dict, repeats: int = REPEATS) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def reference_evaluation(base: Path, modules: list[Path], examples: list[dict]):
+def reference_evaluation(base: Path, modules: list[Path], examples: list[dict], device: str = "cpu"):
     """The reference's per-candidate work: a Python loop builds the weighted state dict, PEFT reloads it,
-    and the unmerged PEFT model computes the loss."""
+    and the unmerged PEFT model computes the loss (float32, on ``device``)."""
     from peft import PeftModel, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     from actors.model import load_base
 
-    model, tokenizer = load_base(str(base), torch.device("cpu"))
-    peft_model = PeftModel.from_pretrained(model, str(modules[0])).eval()
-    states = [load_file(str(m / "adapter_model.safetensors")) for m in modules]
-    batch = tokenize_examples(tokenizer, examples, bool(model.config.is_encoder_decoder))
+    model, tokenizer = load_base(str(base), torch.device(device))
+    peft_model = PeftModel.from_pretrained(model, str(modules[0])).eval().to(device)
+    states = [load_file(str(Path(m) / "adapter_model.safetensors"), device=device) for m in modules]
+    batch = tokenize_examples(tokenizer, examples, bool(model.config.is_encoder_decoder)).to(torch.device(device))
 
     def evaluate(weights: np.ndarray) -> float:
         composed = {}

@@ -39,7 +39,7 @@ def run_many(configs: Sequence[RunConfig], pool: PoolConfig | None = None,
     Args:
         configs: the searches; they share `SHARED` settings (one base model per actor) and may differ in
             everything else. Pre-filters are not supported here.
-        pool: where to evaluate (default one local actor).
+        pool: where to evaluate (default `PoolConfig()`: one actor per GPU, or one CPU actor).
         outputs: one directory per search (as `lorahub_ray.run.run`'s ``output``; ``None`` entries write nothing),
             or ``None`` for none. Each holds ``checkpoint.json`` while its search runs: `lorahub_ray.run.resume`
             continues it alone.

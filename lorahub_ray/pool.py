@@ -291,17 +291,21 @@ def _check_reachable(address: str) -> None:
 
 
 @contextmanager
-def ray_session(config: PoolConfig) -> Iterator[None]:
+def ray_session(config: PoolConfig) -> Iterator[PoolConfig]:
     """Ray for the duration of the block: started (or joined, with ``config.address``) and stopped here,
-    unless the pool needs none or Ray already runs (then it is left as it is)."""
+    unless the pool needs none or Ray already runs (then it is left as it is). Yields ``config`` resolved on
+    the cluster (`PoolConfig.resolve`), so that its actor count is known before any actor starts."""
     import ray
 
-    if config.num_actors == 0 or ray.is_initialized():
-        yield
+    if config.num_actors == 0:
+        yield config
+        return
+    if ray.is_initialized():
+        yield config.resolve(ray.cluster_resources().get("GPU", 0.0))
         return
     _start_ray(config)
     try:
-        yield
+        yield config.resolve(ray.cluster_resources().get("GPU", 0.0))
     finally:
         ray.shutdown()
 

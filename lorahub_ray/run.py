@@ -76,7 +76,8 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
 
     Args:
         config: what to search (base, modules, examples, optimizer, budget, seed...).
-        pool: where to evaluate (actors, resources, cluster); default one local actor.
+        pool: where to evaluate (actors, resources, cluster); default `PoolConfig()`: one actor per GPU of a
+            private Ray, or one CPU actor without GPUs.
         output: directory for ``adapter/`` and ``result.json`` (and ``merged/`` with ``merge``); while the
             search runs it holds ``checkpoint.json``, rewritten after every generation (see `resume`).
             ``None`` writes nothing.
@@ -109,7 +110,8 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
                     config.seed, config.l1, config.bound)
     search.replay(history)
     spec = worker_spec(config, pool)
-    with ray_session(pool):
+    with ray_session(pool) as pool:
+        _warn_if_uneven(search.steady_population, pool.num_actors)
         report = _prefilter(prefilter, entries, examples, spec, pool, config.seed) if prefilter else None
         if report is not None:
             entries = [entries[i] for i in report.selected]
@@ -117,7 +119,6 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
         with WorkerPool(spec, stack, examples, pool) as workers, \
                 tqdm(total=config.budget, initial=len(search.history), desc="evaluations", unit="eval",
                      disable=not progress) as bar:
-            _warn_if_uneven(search.steady_population, len(workers.actors))
             def after_generation(s: Search) -> None:
                 if all(e.loss is None for e in s.history):
                     raise WorkerError(f"every candidate so far failed; the first error:\n{s.history[0].error}")

@@ -33,8 +33,8 @@ def test_the_cpu_dry_run_writes_every_figure(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu-dry-run", "--out", str(out)],
                    cwd=tmp_path, env=env, check=True, capture_output=True, timeout=600)
     figures = json.loads(out.read_text())
-    assert set(figures) == {"mode", "config", "versions", "device", "dtypes", "passes", "actors", "ratios",
-                            "wall_seconds"}
+    assert set(figures) == {"mode", "config", "versions", "device", "dtypes", "passes", "actors", "many", "shapes",
+                            "ratios", "wall_seconds"}
     assert figures["mode"] == "dry" and figures["device"]["name"] == "cpu" and figures["versions"]["torch"]
     devices = figures["actors"]["devices"]
     assert [(row["gpus_per_actor"], row["actors"]) for row in devices] == [(0.0, 1), (0.5, 2), (1.0, 1)]
@@ -57,3 +57,23 @@ def test_the_cpu_dry_run_writes_every_figure(tmp_path):
     assert search["one_actor"]["evaluations"] == search["two_actors"]["evaluations"] == search["budget"] == 8
     assert search["same_history"] is True and search["max_score_diff"] == 0.0
     assert search["one_actor"]["best_weights"] == search["two_actors"]["best_weights"]
+
+    many = figures["many"]
+    assert (many["searches"], many["budget"], many["one_after_another_measured"]) == (3, 8, 3)
+    assert many["same_results"] is True and many["max_best_score_diff"] == 0.0, "each search as it is alone"
+    assert figures["ratios"]["many_vs_one_after_another"] == pytest.approx(
+        many["one_after_another_seconds_for_all"] / many["many_seconds"])
+
+    shapes = figures["shapes"]
+    assert [row["shape"] for row in shapes["rows"]] == list(gpu_check.SHAPE_MODELS["dry"])
+    assert shapes["peak_flops"] > 0
+    for row in shapes["rows"]:
+        timings = [row[key] for key in row if key.endswith("_ms")]
+        assert all(np.isfinite(ms) and ms > 0 for ms in timings)
+        assert row["answer_tokens"] < row["tokens"] and row["flops"] >= 2 * row["parameters"] * row["answer_tokens"]
+        assert row["best_ms"] == min(row[key] for key in row if key.startswith(("default_ms", "bfloat16_pass"))
+                                     and key.endswith("_ms"))
+        assert row["default_vs_best"] == pytest.approx(row["best_ms"] / row["default_ms"])
+        assert row["default_vs_best"] <= 1
+        assert row["compute_limit_ms"] == pytest.approx(1e3 * row["flops"] / shapes["peak_flops"])
+        assert figures["ratios"][f"{row['shape']}_default_vs_best"] == pytest.approx(row["default_vs_best"])

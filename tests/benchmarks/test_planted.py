@@ -46,17 +46,21 @@ def test_the_teachers_own_weights_close_the_whole_gap(monkeypatch):
         return found["weights"], mode
 
     def handed_target(search, evaluate):
-        return type("Best", (), {"weights": found["weights"].tolist()})
+        [outcome] = evaluate(found["weights"][None, :])
+        score = planted.l1_score(outcome.loss, found["weights"], search.l1)
+        return type("Best", (), {"weights": found["weights"].tolist(), "score": score})
 
     monkeypatch.setattr(planted, "planted_weights", recorded)
     row = planted.run_case(str(zoo / manifest["bases"]["t5"]), pool, inputs, "one", 0, 4, 3, ["cma"])
-    assert set(row["optimizers"]["cma"]) == {"gap_closed", "test_loss", "distance", "weights", "seconds"}
+    assert set(row["optimizers"]["cma"]) == {"gap_closed", "test_loss", "distance", "weights", "fewshot_score",
+                                             "seconds"}
     assert row["teacher_loss"] < row["base_loss"], "the teacher fits its own outputs better than the base"
     monkeypatch.setattr(planted, "minimize", handed_target)
     again = planted.run_case(str(zoo / manifest["bases"]["t5"]), pool, inputs, "one", 0, 4, 3, ["cma"])
     assert again["target"] == found["weights"].tolist()
     assert again["optimizers"]["cma"]["gap_closed"] == pytest.approx(1.0, abs=1e-6)
     assert again["optimizers"]["cma"]["distance"] == 0.0
+    assert again["optimizers"]["cma"]["fewshot_score"] == pytest.approx(again["target_fewshot_score"], rel=1e-6)
 
 
 @pytest.mark.slow
@@ -70,4 +74,5 @@ def test_the_quick_run_writes_every_optimizer(tmp_path, monkeypatch):
     planted.main()
     result = json.loads((tmp_path / "planted_quick.json").read_text())
     assert set(result["summary"]) == {"cma", "singles-cma"} and len(result["rows"]) == 2
+    assert all(entry["fewshot_below_target"].endswith("/2") for entry in result["summary"].values())
     assert plotted == [(result["summary"], tmp_path / "planted_quick.png")]

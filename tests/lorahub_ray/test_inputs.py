@@ -68,7 +68,7 @@ def test_bad_settings_name_the_field():
         RunConfig(base="b", modules=["m"], examples="e", optimizer="sgd")
     with pytest.raises(ConfigError, match="`modules` names one module twice: 'm' and 'm'"):
         RunConfig(base="b", modules=["m", "m"], examples="e")
-    with pytest.raises(ConfigError, match=r"`num_actors` must be an integer >= 0, got -1"):
+    with pytest.raises(ConfigError, match=r"`num_actors` must be an integer >= 0 or None \(one per GPU\), got -1"):
         PoolConfig(num_actors=-1)
     for bad in (0, "many", 2.5, True):
         with pytest.raises(ConfigError, match=r"`candidates_per_pass` must be 'auto' or an integer >= 1"):
@@ -135,7 +135,7 @@ def _search(world, examples, tmp_path, *extra, modules=None):
 
 @pytest.mark.parametrize("case, message", [
     ("latin1_examples", r"latin1.jsonl, line 1: not UTF-8 text"),
-    ("examples_directory", r"examples file '.*' is a directory"),
+    ("examples_directory_without_tasks", r"--examples '.*' is a directory without \*\.jsonl files"),
     ("no_rank_anywhere", r"module '.*norank_0': .*adapter_config.json has `r` = None"),
     ("population_1", r"`population` must be an integer >= 2 or None"),
     ("l1_nan", r"`l1` must be >= 0 and finite, got nan"),
@@ -147,8 +147,10 @@ def test_search_input_errors_are_one_line_and_exit_2(case, message, t5_world, ex
     if case == "latin1_examples":
         examples = tmp_path / "latin1.jsonl"
         examples.write_bytes(b'{"input": "caf\xe9", "output": "b"}\n')
-    elif case == "examples_directory":
-        examples = tmp_path
+    elif case == "examples_directory_without_tasks":
+        examples = tmp_path / "tasks"
+        examples.mkdir()
+        (examples / "notes.txt").write_text("not a task")
     elif case == "no_rank_anywhere":
         modules = []
         for index, module in enumerate(t5_world["modules"][:2]):

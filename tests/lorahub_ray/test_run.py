@@ -161,7 +161,7 @@ def test_more_actors_than_cpus_is_refused_up_front(local_ray, t5_world):
     from lorahub_ray.errors import ConfigError
 
     with pytest.raises(ConfigError, match="3 actors x 1.0 CPU = 3.0 CPU, but the Ray cluster has 2.0"):
-        run(_config(t5_world), PoolConfig(num_actors=3), progress=False)
+        run(_config(t5_world, population=6), PoolConfig(num_actors=3), progress=False)
 
 
 @pytest.mark.ray
