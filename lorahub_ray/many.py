@@ -107,14 +107,23 @@ def _check_many(configs: Sequence[RunConfig], outputs: list) -> None:
     given = [Path(o).resolve() for o in outputs if o is not None]
     if len(set(given)) != len(given):
         raise ConfigError("`outputs` must be distinct directories: two searches cannot write to one")
+    check_shareable(configs, "configs")
+
+
+def check_shareable(configs: Sequence[RunConfig], what: str) -> None:
+    """Refuse searches that cannot share one pool: `SHARED` settings that differ, or a pre-filter.
+
+    Raises:
+        ConfigError: naming the search as ``what[index]`` and the setting.
+    """
     for index, config in enumerate(configs):
         for name in SHARED:
             if getattr(config, name) != getattr(configs[0], name):
-                raise ConfigError(f"configs[{index}].{name} is {getattr(config, name)!r} but configs[0].{name} is "
+                raise ConfigError(f"{what}[{index}].{name} is {getattr(config, name)!r} but {what}[0].{name} is "
                                   f"{getattr(configs[0], name)!r}: searches on one pool share {', '.join(SHARED)}")
         if config.prefilter is not None:
-            raise ConfigError(f"configs[{index}].prefilter is {config.prefilter!r}: run_many runs no pre-filter; "
-                              "pass the modules to search")
+            raise ConfigError(f"{what}[{index}].prefilter is {config.prefilter!r}: searches on one pool run no "
+                              "pre-filter; pass the modules to search")
 
 
 def _after_generation(search: Search, index: int, config: RunConfig, final: Path | None, inputs: dict | None) -> None:

@@ -19,13 +19,13 @@ from lorahub_ray.base import check_base
 from lorahub_ray.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from lorahub_ray.config import PoolConfig, RunConfig
 from lorahub_ray.data import load_examples
-from lorahub_ray.errors import InefficientSettingsWarning, WorkerError
+from lorahub_ray.errors import ConfigError, InefficientSettingsWarning, WorkerError
 from lorahub_ray.export import ADAPTER_DIR, MERGED_DIR, RESULT_FILE, write_adapter, write_json, write_merged
 from lorahub_ray.modules import ModuleEntry, check_compatible, index_module, stack_modules
 from lorahub_ray.output import MARKER, check_output, staged_result
 from lorahub_ray.pool import WorkerPool, ray_session
 from lorahub_ray.prefilter import PrefilterReport, PrefilterSpec, select
-from lorahub_ray.search import Evaluation, Search, minimize
+from lorahub_ray.search import Evaluation, Outcome, Search, minimize
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ class SearchResult:
 def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | None = None, *,
         merge: bool = False, overwrite: bool = False, progress: bool = True,
         on_generation: Callable[[Search], None] | None = None,
-        history: Sequence[Evaluation] = ()) -> SearchResult:
+        history: Sequence[Evaluation] = (),
+        evaluate: Callable[[np.ndarray], Sequence[Outcome]] | None = None) -> SearchResult:
     """Search composition weights for ``config`` on a pool of evaluators and write the result to ``output``.
 
     Args:
@@ -88,6 +89,9 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
         progress: show a progress bar.
         on_generation: called with the `Search` after each generation (after the checkpoint is written).
         history: evaluations of an interrupted search with this ``config``, to continue from.
+        evaluate: scores a population ``(P, N)`` (one `Outcome` per row) in place of a pool of this search's own,
+            e.g. a `lorahub_ray.shared_pool.SharedPool` that serves other searches too; ``pool`` is then unused
+            and no pre-filter runs.
 
     Returns:
         The `SearchResult`; ``adapter/`` and ``result.json`` appear in ``output`` only once everything succeeded.
@@ -98,6 +102,9 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
             pool that cannot evaluate.
     """
     pool = pool or PoolConfig()
+    if evaluate is not None and config.prefilter:
+        raise ConfigError(f"`prefilter` {config.prefilter!r}: a search on a shared evaluator runs no pre-filter; "
+                          "pass the modules to search")
     examples = load_examples(config.examples)
     entries = [index_module(name) for name in config.modules]
     check_compatible(entries)
@@ -109,27 +116,20 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
     search = Search(num_candidates, config.budget, config.optimizer, config.population,
                     config.seed, config.l1, config.bound)
     search.replay(history)
-    spec = worker_spec(config, pool)
-    with ray_session(pool) as pool:
-        _warn_if_uneven(search.steady_population, pool.num_actors)
-        report = _prefilter(prefilter, entries, examples, spec, pool, config.seed) if prefilter else None
-        if report is not None:
-            entries = [entries[i] for i in report.selected]
+    report = None
+    if evaluate is not None:
         stack = stack_modules(entries, pool.module_dtype)
-        with WorkerPool(spec, stack, examples, pool) as workers, \
-                tqdm(total=config.budget, initial=len(search.history), desc="evaluations", unit="eval",
-                     disable=not progress) as bar:
-            def after_generation(s: Search) -> None:
-                if all(e.loss is None for e in s.history):
-                    raise WorkerError(f"every candidate so far failed; the first error:\n{s.history[0].error}")
-                if final is not None:
-                    save_checkpoint(final, config, s.history, inputs)
-                bar.update(len(s.history) - bar.n)
-                bar.set_postfix(best=f"{s.best.score:.4f}")
-                if on_generation is not None:
-                    on_generation(s)
-
-            best = minimize(search, workers.evaluate, after_generation)
+        best = _minimize(search, evaluate, config, final, inputs, progress, on_generation)
+    else:
+        spec = worker_spec(config, pool)
+        with ray_session(pool) as pool:
+            _warn_if_uneven(search.steady_population, pool.num_actors)
+            report = _prefilter(prefilter, entries, examples, spec, pool, config.seed) if prefilter else None
+            if report is not None:
+                entries = [entries[i] for i in report.selected]
+            stack = stack_modules(entries, pool.module_dtype)
+            with WorkerPool(spec, stack, examples, pool) as workers:
+                best = _minimize(search, workers.evaluate, config, final, inputs, progress, on_generation)
     result = SearchResult(
         weights=dict(zip(stack.names, best.weights)), best_score=best.score, best_loss=best.loss,
         evaluations=len(search.history), history=search.history, config=config, output=final,
@@ -138,6 +138,26 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
     if final is not None:
         write_result(result, final, merge)
     return result
+
+
+def _minimize(search: Search, evaluate: Callable[[np.ndarray], Sequence[Outcome]], config: RunConfig,
+              final: Path | None, inputs: dict | None, progress: bool,
+              on_generation: Callable[[Search], None] | None) -> Evaluation:
+    """`minimize` with a progress bar, a checkpoint in ``final`` after every generation, and a stop once every
+    candidate so far has failed."""
+    with tqdm(total=config.budget, initial=len(search.history), desc="evaluations", unit="eval",
+              disable=not progress) as bar:
+        def after_generation(s: Search) -> None:
+            if all(e.loss is None for e in s.history):
+                raise WorkerError(f"every candidate so far failed; the first error:\n{s.history[0].error}")
+            if final is not None:
+                save_checkpoint(final, config, s.history, inputs)
+            bar.update(len(s.history) - bar.n)
+            bar.set_postfix(best=f"{s.best.score:.4f}")
+            if on_generation is not None:
+                on_generation(s)
+
+        return minimize(search, evaluate, after_generation)
 
 
 def _warn_if_uneven(population: int, actors: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import math
@@ -20,13 +21,13 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from actors import CandidateLoss
+from actors import CandidateLoss, ExampleSets
 from lorahub_ray.base import check_base
 from lorahub_ray.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from lorahub_ray.config import PoolConfig, RunConfig
@@ -35,16 +36,18 @@ from lorahub_ray.errors import ConfigError, InputError, WorkerError
 from lorahub_ray.export import ADAPTER_DIR, RESULT_FILE, write_adapter, write_json
 from lorahub_ray.modules import check_compatible, index_module, stack_modules
 from lorahub_ray.output import MARKER, check_output, is_own, staged_result
-from lorahub_ray.pool import WorkerPool
+from lorahub_ray.many import check_shareable
+from lorahub_ray.pool import WorkerPool, ray_session
 from lorahub_ray.run import run, worker_spec
-from lorahub_ray.search import Evaluation, Search, failure_penalty, l1_score
+from lorahub_ray.shared_pool import SharedPool
+from lorahub_ray.search import Evaluation, Outcome, Search, failure_penalty, l1_score
 
 RUN_KEYS = tuple(f.name for f in fields(RunConfig))
 SAMPLING_KEYS = ("module_pool", "num_modules", "module_seed")  # sample `num_modules` of `module_pool`, seeded
 POOL_KEYS = ("actors", "cpus_per_actor", "gpus_per_actor", "trial_cpus")
 TRIAL_KEYS = (*RUN_KEYS, *SAMPLING_KEYS, *POOL_KEYS, "task")  # "task": a label, set by `sweep`
 PATH_KEYS = ("base", "modules", "module_pool")
-SWEEP_KEYS = ("tasks", "param_space", "storage_path", "name", "max_concurrent_trials", "max_failures")
+SWEEP_KEYS = ("tasks", "param_space", "storage_path", "name", "max_concurrent_trials", "max_failures", "shared_pool")
 SEARCH_DIR = "search"  # the trial's `run` output, inside its trial directory
 BEST_DIR = "best"  # <experiment>/best/<task>/: the task's best adapter and result.json
 DEFAULT_STORAGE = "~/ray_results"  # Tune's default storage path
@@ -120,13 +123,14 @@ def with_pool_resources(trainable: Callable[[dict], None] | None = None):
     return tune.with_resources(trainable or search_trial, trial_resources)
 
 
-def search_trial(config: dict) -> None:
+def search_trial(config: dict, shared: SharedTrials | None = None) -> None:
     """Tune function trainable: one LoraHub search from ``config`` (`TRIAL_KEYS`), written to ``<trial dir>/search``.
 
     Reports ``best_score``, ``best_loss``, ``evaluations``, ``generation`` and ``generation_seconds`` (wall seconds
     since the previous report; the first includes starting the pool) after every generation, each with a
     checkpoint (``checkpoint.json``: settings and history). A trial restored from one continues to the result of
     an uninterrupted trial. The last report also gives ``adapter``, the composed PEFT adapter's path.
+    With ``shared`` the trial evaluates on the sweep's `SharedPool` instead of starting actors of its own.
     """
     from ray import tune
 
@@ -138,9 +142,33 @@ def search_trial(config: dict) -> None:
         if not search.done:  # the last generation is reported with the adapter, once that is written
             _report(run_config, inputs, search.history, lap())
 
+    evaluate = shared.evaluator(run_config.modules, config["task"]) if shared is not None else None
     result = run(run_config, pool, Path(tune.get_context().get_trial_dir()) / SEARCH_DIR, overwrite=True,
-                 progress=False, on_generation=report, history=_restored_history(run_config))
+                 progress=False, on_generation=report, history=_restored_history(run_config), evaluate=evaluate)
     _report(run_config, inputs, result.history, lap(), adapter=str(result.adapter_dir))
+
+
+@dataclass(frozen=True)
+class SharedTrials:
+    """What a sweep's trials need to evaluate on one `SharedPool`: its handle, the union of the trials' modules
+    (the pool's columns) and the task names (the pool's example sets, in order)."""
+
+    server: object
+    modules: tuple[str, ...]
+    tasks: tuple[str, ...]
+
+    def evaluator(self, modules: Sequence[str], task: str) -> Callable[[np.ndarray], list[Outcome]]:
+        """Scores a trial's population ``(P, len(modules))`` on ``task``'s examples (zero weight elsewhere)."""
+        import ray
+
+        columns, example_set = [self.modules.index(m) for m in modules], self.tasks.index(task)
+
+        def evaluate(population: np.ndarray) -> list[Outcome]:
+            rows = np.zeros((len(population), len(self.modules)))
+            rows[:, columns] = population
+            return ray.get(self.server.evaluate.remote(rows, [example_set] * len(rows)))
+
+        return evaluate
 
 
 def _stopwatch() -> Callable[[], float]:
@@ -186,7 +214,8 @@ def _report(config: RunConfig, inputs: dict, history: Sequence[Evaluation], seco
 
 def sweep(tasks: Mapping[str, str | Path | list[dict]], param_space: Mapping[str, object], *,
           storage_path: str | Path | None = None, name: str = "lorahub-sweep", max_concurrent_trials: int | None = None,
-          max_failures: int = 0, resume: bool = False, verbose: int = 1, **settings: object) -> list[dict]:
+          max_failures: int = 0, resume: bool = False, verbose: int = 1, shared_pool: bool = False,
+          **settings: object) -> list[dict]:
     """Run one `search_trial` per task x grid point of ``param_space`` with Ray Tune; print and return each task's best.
 
     Args:
@@ -198,6 +227,10 @@ def sweep(tasks: Mapping[str, str | Path | list[dict]], param_space: Mapping[str
         max_failures: retries of a failed trial, each continuing from the trial's last checkpoint.
         resume: continue the interrupted experiment ``<storage_path>/<name>``, each trial from its checkpoint.
         verbose: Tune's console output (0 silent, 1 default).
+        shared_pool: every trial evaluates on one `SharedPool` of ``actors`` actors started once for the sweep,
+            whose calls mix the candidates of the trials running at once, instead of starting actors of its own
+            (`with_pool_resources`). The trials then share ``base``, ``mode``, ``objective`` and the pool settings,
+            and run no pre-filter. Each trial's result is the one it gets alone (on a GPU, up to float rounding).
         settings: trial settings shared by every trial (`TRIAL_KEYS`: ``base``, ``modules`` or ``module_pool``,
             ``budget``, ``actors``...). Local paths are made absolute (trials run in other directories).
 
@@ -213,32 +246,87 @@ def sweep(tasks: Mapping[str, str | Path | list[dict]], param_space: Mapping[str
     from ray import tune
 
     _check_trial_limits(max_concurrent_trials, max_failures)
-    tasks, param_space, settings = _check_sweep(tasks, param_space, settings)
+    tasks, param_space, settings, trials = _check_sweep(tasks, param_space, settings)
+    if shared_pool:
+        _check_shared(param_space, trials)
     experiment = Path(storage_path or DEFAULT_STORAGE).expanduser().resolve() / name
-    trainable = with_pool_resources()
+    if resume and not tune.Tuner.can_restore(str(experiment)):
+        raise ConfigError(f"`resume`: {str(experiment)!r} holds no Tune experiment to continue")
+    if not resume and experiment.exists():
+        raise ConfigError(f"`name`: {str(experiment)!r} already exists; choose another name or resume it")
+    with _shared_pool(tasks, trials) if shared_pool else contextlib.nullcontext() as shared:
+        if shared is None:
+            trainable = with_pool_resources()
+        else:  # the pool's actors hold the CPUs; a trial only runs its optimizer and waits on the pool
+            own = {**TRIAL_RESOURCES, "cpu": settings.get("trial_cpus", 0.0)}
+            trainable = tune.with_resources(tune.with_parameters(search_trial, shared=shared), own)
+        results = _fit(trainable, tasks, param_space, settings, experiment, resume, max_concurrent_trials,
+                       max_failures, verbose)
+    rows = _best_rows(results, list(tasks), [key for key in param_space if isinstance(param_space[key], list)],
+                      experiment / BEST_DIR)
+    print(format_table(rows))
+    return rows
+
+
+def _fit(trainable, tasks: dict, param_space: dict, settings: dict, experiment: Path, resume: bool,
+         max_concurrent_trials: int | None, max_failures: int, verbose: int):
+    """Run (or continue) the sweep's Tune experiment; its results."""
+    from ray import tune
+
     if resume:
-        if not tune.Tuner.can_restore(str(experiment)):
-            raise ConfigError(f"`resume`: {str(experiment)!r} holds no Tune experiment to continue")
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
     else:
-        if experiment.exists():
-            raise ConfigError(f"`name`: {str(experiment)!r} already exists; choose another name or resume it")
         space = {**settings, **{key: tune.grid_search(value) if isinstance(value, list) else value
                                 for key, value in param_space.items()},
                  "task": tune.grid_search(list(tasks)), "examples": tune.sample_from(lambda c: tasks[c["task"]])}
         tuner = tune.Tuner(trainable, param_space=space,
                            tune_config=tune.TuneConfig(metric="best_score", mode="min",
                                                        max_concurrent_trials=max_concurrent_trials),
-                           run_config=tune.RunConfig(name=name, storage_path=str(experiment.parent), verbose=verbose,
+                           run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent),
+                                                     verbose=verbose,
                                                      failure_config=tune.FailureConfig(max_failures=max_failures)))
-    rows = _best_rows(tuner.fit(), list(tasks), [key for key in param_space if isinstance(param_space[key], list)],
-                      experiment / BEST_DIR)
-    print(format_table(rows))
-    return rows
+    return tuner.fit()
 
 
-def _check_sweep(tasks: Mapping, param_space: Mapping, settings: Mapping) -> tuple[dict, dict, dict]:
-    """Check a sweep's settings and every trial's, before anything starts; make local paths absolute."""
+def _check_shared(param_space: Mapping, trials: Sequence[tuple[RunConfig, PoolConfig]]) -> None:
+    """Refuse a shared-pool sweep whose trials cannot share one pool (naming the setting)."""
+    if swept := [key for key in POOL_KEYS if isinstance(param_space.get(key), list)]:
+        raise ConfigError(f"`param_space` sweeps {swept}: with `shared_pool` every trial uses the one pool; "
+                          "fix these settings")
+    check_shareable([config for config, _ in trials], "trials")
+
+
+@contextlib.contextmanager
+def _shared_pool(tasks: Mapping[str, object],
+                 trials: Sequence[tuple[RunConfig, PoolConfig]]) -> Iterator[SharedTrials]:
+    """A `SharedPool` for the sweep's ``trials``: every task's examples, the union of the trials' modules."""
+    import ray
+
+    first, pool = trials[0]
+    if pool.num_actors == 0:
+        raise ConfigError("`actors` 0 evaluates in each trial's own process; a shared pool needs `actors` >= 1")
+    union = list(dict.fromkeys(module for config, _ in trials for module in config.modules))
+    entries = [index_module(module) for module in union]
+    check_compatible(entries)
+    stack = stack_modules(entries, pool.module_dtype)
+    sets = ExampleSets(tuple(tuple(load_examples(examples)) for examples in tasks.values()))
+    with ray_session(pool) as pool:
+        server = ray.remote(num_cpus=0)(SharedPool).remote(worker_spec(first, pool), stack, sets, pool)
+        try:
+            try:
+                ray.get(server.start.remote())
+            except ray.exceptions.RayTaskError as err:
+                raise err.cause from None  # the pool's own error (resources, a base that fails to load)
+            yield SharedTrials(server, tuple(union), tuple(tasks))
+            ray.get(server.close.remote())
+        finally:
+            ray.kill(server)
+
+
+def _check_sweep(tasks: Mapping, param_space: Mapping,
+                 settings: Mapping) -> tuple[dict, dict, dict, list[tuple[RunConfig, PoolConfig]]]:
+    """Check a sweep's settings and every trial's, before anything starts; make local paths absolute. Returns them
+    and every trial's settings (`trial_settings`)."""
     if not isinstance(tasks, Mapping) or not tasks:
         raise ConfigError(f"`tasks` must map task names to examples (a JSONL path or a list), got {tasks!r}")
     if not isinstance(param_space, Mapping):
@@ -264,11 +352,13 @@ def _check_sweep(tasks: Mapping, param_space: Mapping, settings: Mapping) -> tup
     grid = [[(key, v) for v in value] if isinstance(value, list) else [(key, value)]
             for key, value in param_space.items()]
     checked: set[tuple[str, tuple[str, ...]]] = set()
+    trials = []
     for task, point in itertools.product(tasks, itertools.product(*grid)):
         trial = {**settings, **dict(point), "task": task, "examples": tasks[task]}
         trial_resources(trial)
-        _check_trial_inputs(trial_settings(trial)[0], checked)
-    return tasks, param_space, settings
+        trials.append(trial_settings(trial))
+        _check_trial_inputs(trials[-1][0], checked)
+    return tasks, param_space, settings, trials
 
 
 def _check_trial_inputs(config: RunConfig, checked: set[tuple[str, tuple[str, ...]]]) -> None:
@@ -602,7 +692,8 @@ def load_sweep_config(path: str | Path) -> dict:
     """Read a sweep JSON file into `sweep`'s keyword arguments; relative paths are taken from the file's directory.
 
     The file is one object: ``tasks`` (name -> JSONL path), ``param_space`` (setting -> list of values), optionally
-    ``storage_path``, ``name``, ``max_concurrent_trials``, ``max_failures``, and the shared trial settings.
+    ``storage_path``, ``name``, ``max_concurrent_trials``, ``max_failures``, ``shared_pool``, and the shared trial
+    settings.
     """
     path = Path(path)
     try:
