@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RAY_FILES = {"lorahub_ray/pool.py", "lorahub_ray/tune.py"}
+RAY_FILES = {"lorahub_ray/pool.py", "lorahub_ray/tune/trial.py", "lorahub_ray/tune/sweeps.py",
+             "lorahub_ray/tune/weight_trials.py"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -23,7 +23,6 @@ from lorahub_ray.pool import WorkerPool
 from lorahub_ray.run import run
 from lorahub_ray.cli import main
 from lorahub_ray.tune import (
-    _best_rows,
     add_tune_command,
     load_sweep_config,
     run_tune_command,
@@ -33,6 +32,7 @@ from lorahub_ray.tune import (
     trial_settings,
     with_pool_resources,
 )
+from lorahub_ray.tune.sweeps import _best_rows
 from tests.conftest import EXAMPLES
 
 UPPER = [{"input": f"Upper: {ex['output']}\nAnswer:", "output": ex["output"].upper()} for ex in EXAMPLES]
