@@ -4,6 +4,8 @@
     python benchmarks/optimizers.py --quick    # 3 tasks x 2 seeds
     python benchmarks/optimizers.py --shard 0/2 & python benchmarks/optimizers.py --shard 1/2; wait
     python benchmarks/optimizers.py --combine 2   # the same result, computed by two processes side by side
+    python benchmarks/optimizers.py --model llama --zoo DIR --seeds 3 --optimizers cma probes-cma singles-cma
+                                                  # a decoder-only zoo, every optimizer (optimizers_llama.json)
 
 The reference (sequential NGOpt, 40 evaluations) sets the time. k actors do 40·k evaluations in that time
 (measured for k = 2 on this 2-core machine and reported; k = 4 and 8 are simulated by the evaluation count,
@@ -54,12 +56,15 @@ def main() -> None:
     parser.add_argument("--optimizers", nargs="+", default=OPTIMIZERS, help=f"besides ngopt (default: {OPTIMIZERS})")
     parser.add_argument("--shard", default=None, help="I/N: run only every N-th case from the I-th, save its rows")
     parser.add_argument("--combine", type=int, default=None, help="N: summarise the rows saved by N shards")
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), help=f"how many of the seeds {SEEDS} to run")
+    parser.add_argument("--name", default=None,
+                        help="results file name under benchmarks/results (default: optimizers[_llama][_quick])")
     args = parser.parse_args()
     require(__file__, ("matplotlib",))
     args.zoo, manifest = ensure_zoo(args.zoo)
     tasks = [entry["task"] for entry in manifest["heldout"]][: 3 if args.quick else None]
-    seeds = SEEDS[: 2 if args.quick else None]
-    name = "optimizers_quick" if args.quick else "optimizers"
+    seeds = SEEDS[: 2 if args.quick else args.seeds]
+    name = args.name or "optimizers" + ("_llama" if args.model == "llama" else "") + ("_quick" if args.quick else "")
     index, count = parse_shard(args.shard)
     rows, started = [], time.time()
     todo = [] if args.combine is not None else cases(args.zoo, manifest, args.model, tasks, seeds, (index, count))

@@ -1,15 +1,16 @@
 """Planted compositions: can a search find weights that are known to exist?
 
-    python benchmarks/planted.py --quick      # CI size: 6 modules, 2 kinds, 1 seed, budget 40 (seconds)
-    python benchmarks/planted.py              # full: 20 modules, 4 kinds, 3 seeds, budget 200
-    python benchmarks/planted.py --zoo DIR    # another zoo: every base it holds (`zoo build --kinds t5 llama`
-                                              # adds the decoder-only one)
+    python benchmarks/planted.py --quick      # CI size: 6 modules, 2 kinds, 1 seed, 1 and 2 actors (seconds)
+    python benchmarks/planted.py              # full: 20 modules, 4 kinds, 3 seeds, 1, 2, 4 and 8 actors
+    python benchmarks/planted.py --zoo lorahub_ray/zoo/prebuilt DIR   # several zoos: every base each holds
+                                              # (`zoo build --kinds llama --out DIR` makes a decoder-only one)
 
 The zoo's trained byte-level base and N of its LoRA modules (a random draw per seed). The teacher is the base with a
 planted composition w*; the task is the teacher's greedy output on inputs of the zoo's held-out tasks. Every
-registered optimizer searches on 5 examples, in this process (a search's result does not depend on the number of
-actors); the found weights are scored on 40 held-out examples by the fraction of the loss gap between base and
-teacher that they close:
+registered optimizer searches on 5 examples, in this process, at equal wall-clock time: the reference (sequential
+NGOpt) spends 40 evaluations, and an optimizer on k actors spends 40·k in the same time (a search's result does
+not depend on the number of actors, so k is simulated by the budget, as in benchmarks/optimizers.py). The found
+weights are scored on 40 held-out examples by the fraction of the loss gap between base and teacher they close:
 
     gap closed = (L(base) - L(found)) / (L(base) - L(teacher))        1 = as good as the teacher, 0 = no better
                                                                       than the base, < 0 = worse
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import sys
@@ -50,6 +52,8 @@ from lorahub_ray.search import Outcome, Search, l1_score, minimize  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SHOTS, TEST, MAX_NEW_TOKENS = 5, 40, 16
+REFERENCE, REFERENCE_BUDGET = "ngopt", 40  # the sequential reference sets the wall-clock time
+ACTORS = (1, 2, 4, 8)
 L1 = 0.05  # the searches' L1 weight (RunConfig's default)
 
 
@@ -83,9 +87,15 @@ def gap_closed(base_loss: float, teacher_loss: float, found_loss: float) -> floa
     return (base_loss - found_loss) / (base_loss - teacher_loss)
 
 
-def run_case(base: str, pool: list[str], inputs: list[str], kind: str, seed: int, budget: int, num_modules: int,
-             optimizers: list[str], shots: int = SHOTS) -> dict:
-    """One planted task: the teacher, the few-shot and test examples, every optimizer's search and its scores."""
+def search_plan(optimizers: list[str], actors: list[int]) -> list[tuple[str, int, int]]:
+    """(optimizer, actors, budget) at equal wall-clock time: the sequential reference once, at its budget; every
+    other optimizer on k actors with k times that budget."""
+    return [(name, k, REFERENCE_BUDGET * k) for name in optimizers for k in ([1] if name == REFERENCE else actors)]
+
+
+def run_case(base: str, pool: list[str], inputs: list[str], kind: str, seed: int, plan: list[tuple[str, int, int]],
+             num_modules: int, shots: int = SHOTS) -> dict:
+    """One planted task: the teacher, the few-shot and test examples, every planned search and its scores."""
     rng = np.random.default_rng(seed)
     modules = sorted(rng.choice(pool, size=min(num_modules, len(pool)), replace=False).tolist())
     stack = load_stack(modules)
@@ -104,56 +114,65 @@ def run_case(base: str, pool: list[str], inputs: list[str], kind: str, seed: int
     target_score = None if teacher_mode != "ab" else l1_score(searcher.loss(target), target, L1)
     row = {"kind": kind, "seed": seed, "modules": [Path(m).name for m in modules], "target": target.tolist(),
            "base_loss": base_loss, "teacher_loss": teacher_loss, "target_fewshot_score": target_score,
-           "optimizers": {}}
-    for name in optimizers:
+           "runs": []}
+    for name, actors, budget in plan:
         search = Search(stack.num_modules, budget, name, seed=seed, l1=L1)
         started = time.perf_counter()
         best = minimize(search, lambda population: [Outcome(r.loss, r.seconds, error=r.error)
                                                      for r in searcher.evaluate(population)])
         found = np.array(best.weights)
         loss = scorer.loss(found)
-        row["optimizers"][name] = {
-            "gap_closed": gap_closed(base_loss, teacher_loss, loss), "test_loss": loss,
+        row["runs"].append({
+            "optimizer": name, "actors": actors, "budget": budget, "gap_closed": gap_closed(base_loss, teacher_loss, loss), "test_loss": loss,
             "distance": float(np.linalg.norm(found - target) / np.linalg.norm(target)),
-            "weights": found.tolist(), "fewshot_score": best.score, "seconds": time.perf_counter() - started}
+            "weights": found.tolist(), "fewshot_score": best.score, "seconds": time.perf_counter() - started})
     return row
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Mean gap closed and distance per optimizer: over every case, and per base kind and planted kind."""
+    """Per optimizer and number of actors: the mean and worst gap closed, the mean distance to w*, how often the
+    few-shot score beat w*'s own, and the mean gap closed per base kind and planted kind."""
     table: dict = {}
     for row in rows:
-        for name, result in row["optimizers"].items():
-            entry = table.setdefault(name, {"gap_closed": [], "distance": [], "by_kind": {}, "beats_target": []})
+        for run in row["runs"]:
+            entry = table.setdefault(run["optimizer"], {}).setdefault(
+                str(run["actors"]), {"gap_closed": [], "distance": [], "by_kind": {}, "beats_target": []})
             if row["target_fewshot_score"] is not None:
-                entry["beats_target"].append(result["fewshot_score"] < row["target_fewshot_score"])
-            entry["gap_closed"].append(result["gap_closed"])
-            entry["distance"].append(result["distance"])
-            entry["by_kind"].setdefault(f"{row['base']}/{row['kind']}", []).append(result["gap_closed"])
-    return {name: {"gap_closed": float(np.mean(e["gap_closed"])), "worst_gap_closed": float(np.min(e["gap_closed"])),
-                   "distance": float(np.mean(e["distance"])),
-                   "fewshot_below_target": f"{sum(e['beats_target'])}/{len(e['beats_target'])}",
-                   "by_kind": {k: float(np.mean(v)) for k, v in e["by_kind"].items()}}
-            for name, e in table.items()}
+                entry["beats_target"].append(run["fewshot_score"] < row["target_fewshot_score"])
+            entry["gap_closed"].append(run["gap_closed"])
+            entry["distance"].append(run["distance"])
+            entry["by_kind"].setdefault(f"{row['base']}/{row['kind']}", []).append(run["gap_closed"])
+    return {name: {k: {"gap_closed": float(np.mean(e["gap_closed"])), "worst_gap_closed": float(np.min(e["gap_closed"])),
+                       "distance": float(np.mean(e["distance"])),
+                       "fewshot_below_target": f"{sum(e['beats_target'])}/{len(e['beats_target'])}",
+                       "by_kind": {kind: float(np.mean(v)) for kind, v in e["by_kind"].items()}}
+                   for k, e in by_actors.items()}
+            for name, by_actors in table.items()}
 
 
-def plot(summary: dict, path: Path) -> None:
+def plot(summary: dict, rows: list[dict], path: Path) -> None:
+    """Mean gap closed against the number of actors, one panel per base; the reference as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(summary)
-    kinds = sorted({k for e in summary.values() for k in e["by_kind"]})
-    fig, ax = plt.subplots(figsize=(10, 4))
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        ax.bar(np.arange(len(kinds)) + i * width, [summary[name]["by_kind"].get(k, np.nan) for k in kinds], width,
-               label=name)
-    ax.axhline(1.0, color="gray", linestyle="--", linewidth=0.8)
-    ax.set_xticks(np.arange(len(kinds)) + 0.4 - width / 2, kinds, rotation=20, ha="right")
-    ax.set_ylabel("held-out loss gap closed")
-    ax.legend()
+    bases = sorted({row["base"] for row in rows})
+    fig, axes = plt.subplots(1, len(bases), figsize=(5 * len(bases), 4), squeeze=False)
+    for ax, base in zip(axes[0], bases):
+        for name, by_actors in summary.items():
+            actors = sorted(by_actors, key=int)
+            gaps = [np.mean([v for kind, v in by_actors[k]["by_kind"].items() if kind.startswith(f"{base}/")])
+                    for k in actors]
+            if name == REFERENCE:
+                ax.axhline(gaps[0], color="black", linestyle="--", linewidth=1, label=f"{name} (sequential)")
+            else:
+                ax.plot([int(k) for k in actors], gaps, marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"planted compositions, {base} base")
+        ax.set_xlabel("actors (budget = 40 x actors, equal wall-clock)")
+        ax.set_ylabel("held-out loss gap closed")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -161,7 +180,8 @@ def plot(summary: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI size (see the module docstring)")
-    parser.add_argument("--zoo", default=None, help="zoo directory (default: the demo's zoo, the prebuilt one)")
+    parser.add_argument("--zoo", nargs="*", default=[None],
+                        help="zoo directories (default: the demo's zoo, the prebuilt one); every base of each")
     parser.add_argument("--optimizers", nargs="*", default=list(OPTIMIZERS))
     parser.add_argument("--shots", type=int, default=SHOTS,
                         help=f"examples the searches see (default {SHOTS}, LoraHub's; more shows what the few-shot "
@@ -170,33 +190,39 @@ def main() -> None:
     require(__file__, ("matplotlib",))
     torch.set_num_threads(1)
     if args.quick:
-        kinds, seeds, budget, num_modules = ["one", "three_one_negative"], [0], 40, 6
+        kinds, seeds, actors, num_modules = ["one", "three_one_negative"], [0], [1, 2], 6
     else:
-        kinds, seeds, budget, num_modules = ["one", "three_one_negative", "many_small", "delta"], [0, 1, 2], 200, 20
-    zoo, manifest = ensure_zoo(args.zoo)
-    started, rows = time.time(), []
-    for kind_of_base, base in manifest["bases"].items():
-        pool = [str(zoo / m["path"]) for m in manifest["modules"][kind_of_base]]
-        inputs = sorted({ex["input"] for task in manifest["heldout"] for ex in load_examples(zoo / task["test"])})
-        for kind in kinds:
-            for seed in seeds:
-                row = {"base": kind_of_base, **run_case(str(zoo / base), pool, inputs, kind, seed, budget,
-                                                        num_modules, args.optimizers, args.shots)}
-                rows.append(row)
-                print(f"{kind_of_base} {kind} seed {seed}: " + "  ".join(
-                    f"{n} {r['gap_closed']:.2f}" for n, r in row["optimizers"].items()), flush=True)
+        kinds, seeds, actors, num_modules = ["one", "three_one_negative", "many_small", "delta"], [0, 1, 2], ACTORS, 20
+    plan = search_plan(args.optimizers, list(actors))
+    started, rows, zoos = time.time(), [], []
+    for directory in args.zoo:
+        zoo, manifest = ensure_zoo(directory)
+        zoos.append(str(zoo))
+        for kind_of_base, base in manifest["bases"].items():
+            pool = [str(zoo / m["path"]) for m in manifest["modules"][kind_of_base]]
+            inputs = sorted({ex["input"] for task in manifest["heldout"] for ex in load_examples(zoo / task["test"])})
+            for kind in kinds:
+                for seed in seeds:
+                    row = {"base": kind_of_base, **run_case(str(zoo / base), pool, inputs, kind, seed, plan,
+                                                            num_modules, args.shots)}
+                    rows.append(row)
+                    print(f"{kind_of_base} {kind} seed {seed}: " + "  ".join(
+                        f"{r['optimizer']}@{r['actors']} {r['gap_closed']:.2f}" for r in row["runs"]), flush=True)
     summary = summarise(rows)
-    print(f"\n{'optimizer':14s} {'gap closed':>10s} {'worst':>7s} {'|w-w*|/|w*|':>12s} {'few-shot score < w*':>20s}")
-    for name, entry in summary.items():
-        print(f"{name:14s} {entry['gap_closed']:10.2f} {entry['worst_gap_closed']:7.2f} {entry['distance']:12.2f} "
-              f"{entry['fewshot_below_target']:>20s}")
+    print(f"\n{'optimizer':14s} {'actors':>6s} {'gap closed':>10s} {'worst':>7s} {'|w-w*|/|w*|':>12s} "
+          f"{'few-shot score < w*':>20s}")
+    for name, by_actors in summary.items():
+        for k, entry in by_actors.items():
+            print(f"{name:14s} {k:>6s} {entry['gap_closed']:10.2f} {entry['worst_gap_closed']:7.2f} "
+                  f"{entry['distance']:12.2f} {entry['fewshot_below_target']:>20s}")
     name = ("planted_quick" if args.quick else "planted") + (f"_shots{args.shots}" if args.shots != SHOTS else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({
-        "command": " ".join(["python benchmarks/planted.py", *sys.argv[1:]]), "machine": platform.platform(),
-        "zoo": str(zoo), "wall_seconds": round(time.time() - started, 1), "budget": budget,
+        "command": " ".join(["python benchmarks/planted.py", *sys.argv[1:]]),
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "zoos": zoos,
+        "wall_seconds": round(time.time() - started, 1), "reference": REFERENCE, "reference_budget": REFERENCE_BUDGET,
         "modules": num_modules, "shots": args.shots, "test": TEST, "summary": summary, "rows": rows}, indent=1) + "\n")
-    plot(summary, RESULTS / f"{name}.png")
+    plot(summary, rows, RESULTS / f"{name}.png")
     print(f"wrote {RESULTS}/{name}.json and .png")
 
 

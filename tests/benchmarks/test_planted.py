@@ -32,6 +32,12 @@ def test_the_gap_metric_is_one_at_the_teacher_and_zero_at_the_base():
     assert planted.gap_closed(2.0, 1.0, 2.5) == -0.5
 
 
+def test_the_plan_gives_k_actors_k_times_the_reference_budget():
+    assert planted.search_plan(["ngopt", "cma"], [1, 2, 8]) == [
+        ("ngopt", 1, planted.REFERENCE_BUDGET), ("cma", 1, planted.REFERENCE_BUDGET),
+        ("cma", 2, 2 * planted.REFERENCE_BUDGET), ("cma", 8, 8 * planted.REFERENCE_BUDGET)]
+
+
 @pytest.mark.slow
 def test_the_teachers_own_weights_close_the_whole_gap(monkeypatch):
     """A search that is handed w* (an optimizer stand-in that proposes only w*) closes exactly the whole gap."""
@@ -51,16 +57,18 @@ def test_the_teachers_own_weights_close_the_whole_gap(monkeypatch):
         return type("Best", (), {"weights": found["weights"].tolist(), "score": score})
 
     monkeypatch.setattr(planted, "planted_weights", recorded)
-    row = planted.run_case(str(zoo / manifest["bases"]["t5"]), pool, inputs, "one", 0, 4, 3, ["cma"])
-    assert set(row["optimizers"]["cma"]) == {"gap_closed", "test_loss", "distance", "weights", "fewshot_score",
-                                             "seconds"}
+    row = planted.run_case(str(zoo / manifest["bases"]["t5"]), pool, inputs, "one", 0, [("cma", 1, 4)], 3)
+    [run] = row["runs"]
+    assert set(run) == {"optimizer", "actors", "budget", "gap_closed", "test_loss", "distance", "weights",
+                        "fewshot_score", "seconds"}
     assert row["teacher_loss"] < row["base_loss"], "the teacher fits its own outputs better than the base"
     monkeypatch.setattr(planted, "minimize", handed_target)
-    again = planted.run_case(str(zoo / manifest["bases"]["t5"]), pool, inputs, "one", 0, 4, 3, ["cma"])
+    again = planted.run_case(str(zoo / manifest["bases"]["t5"]), pool, inputs, "one", 0, [("cma", 1, 4)], 3)
+    [handed] = again["runs"]
     assert again["target"] == found["weights"].tolist()
-    assert again["optimizers"]["cma"]["gap_closed"] == pytest.approx(1.0, abs=1e-6)
-    assert again["optimizers"]["cma"]["distance"] == 0.0
-    assert again["optimizers"]["cma"]["fewshot_score"] == pytest.approx(again["target_fewshot_score"], rel=1e-6)
+    assert handed["gap_closed"] == pytest.approx(1.0, abs=1e-6)
+    assert handed["distance"] == 0.0
+    assert handed["fewshot_score"] == pytest.approx(again["target_fewshot_score"], rel=1e-6)
 
 
 @pytest.mark.slow
@@ -69,10 +77,15 @@ def test_the_quick_run_writes_every_optimizer(tmp_path, monkeypatch):
     plotted = []
     monkeypatch.setattr(planted, "RESULTS", tmp_path)
     monkeypatch.setattr(planted, "require", lambda script, modules: None)
-    monkeypatch.setattr(planted, "plot", lambda summary, path: plotted.append((summary, path)))
-    monkeypatch.setattr(sys, "argv", ["planted.py", "--quick", "--optimizers", "cma", "singles-cma"])
+    monkeypatch.setattr(planted, "plot", lambda summary, rows, path: plotted.append((summary, path)))
+    monkeypatch.setattr(sys, "argv", ["planted.py", "--quick", "--optimizers", "ngopt", "singles-cma"])
     planted.main()
     result = json.loads((tmp_path / "planted_quick.json").read_text())
-    assert set(result["summary"]) == {"cma", "singles-cma"} and len(result["rows"]) == 2
-    assert all(entry["fewshot_below_target"].endswith("/2") for entry in result["summary"].values())
+    assert {name: sorted(by_actors) for name, by_actors in result["summary"].items()} == {
+        "ngopt": ["1"], "singles-cma": ["1", "2"]}
+    assert len(result["rows"]) == 2
+    assert [(r["optimizer"], r["budget"]) for r in result["rows"][0]["runs"]] == [
+        ("ngopt", 40), ("singles-cma", 40), ("singles-cma", 80)]
+    assert all(entry["fewshot_below_target"].endswith("/2")
+               for by_actors in result["summary"].values() for entry in by_actors.values())
     assert plotted == [(result["summary"], tmp_path / "planted_quick.png")]

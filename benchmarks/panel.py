@@ -1,0 +1,168 @@
+"""The optimizer panel: every optimizer's standing on every world, at equal wall-clock time, from committed results.
+
+    python benchmarks/panel.py            # reads benchmarks/results/{planted,optimizers,world}.json
+
+Worlds and their scores (higher is better), each measured by its own benchmark:
+- planted/<base>: benchmarks/planted.py, mean held-out loss gap closed over the planted kinds and seeds;
+- zoo/<base>: benchmarks/optimizers.py, mean held-out exact match over the zoo's held-out tasks and seeds;
+- real/smollm2: benchmarks/world.py, mean held-out exact match over the BBH subtasks and seeds (SmolLM2-135M,
+  BIG-bench modules); it measures only the reference and the default, so it checks the default and ranks nothing.
+In every world the reference (sequential NGOpt, 40 evaluations) sets the time and an optimizer on k actors spends
+40·k evaluations. The default is the optimizer with the best worst-case standing (its rank among the optimizers a
+world measured, 1 = best) over the worlds that rank at k = 2, ties broken by the mean standing.
+Writes benchmarks/results/panel.json and panel.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from needs import require  # noqa: E402
+
+from lorahub_ray.optimizers import DEFAULT_OPTIMIZER  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+REFERENCE = "ngopt"
+WORLD_METHODS = {"lorahub_ngopt": (REFERENCE, 1), "lorahub_singles_cma_2actors_equal_time": ("singles-cma", 2)}
+
+Scores = dict[str, dict[int, float]]  # optimizer -> actors -> score
+
+
+def planted_worlds(result: Mapping) -> dict[str, Scores]:
+    """planted/<base>: the mean gap closed per optimizer and number of actors."""
+    gaps: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for row in result["rows"]:
+        for run in row["runs"]:
+            gaps.setdefault(f"planted/{row['base']}", {}).setdefault(run["optimizer"], {}).setdefault(
+                run["actors"], []).append(run["gap_closed"])
+    return {world: {name: {k: float(np.mean(v)) for k, v in by_k.items()} for name, by_k in table.items()}
+            for world, table in gaps.items()}
+
+
+def zoo_world(result: Mapping, base: str) -> dict[str, Scores]:
+    """zoo/<base>: mean exact match per optimizer and number of actors."""
+    return {f"zoo/{base}": {name: {int(k): entry["accuracy"] for k, entry in by_k.items()}
+                            for name, by_k in result["summary"].items()}}
+
+
+def real_world(result: Mapping) -> dict[str, Scores]:
+    """real/smollm2: mean exact match of the reference and of the default on 2 actors."""
+    scores: Scores = {}
+    for method, (name, k) in WORLD_METHODS.items():
+        scores.setdefault(name, {})[k] = result["exact_match"][method]["avg"]
+    return {"real/smollm2": scores}
+
+
+def at_actors(scores: Scores, k: int) -> dict[str, float]:
+    """Each optimizer's score at ``k`` actors; the sequential reference at its one actor (the same wall-clock)."""
+    return {name: by_k[1 if name == REFERENCE else k] for name, by_k in scores.items()
+            if (1 if name == REFERENCE else k) in by_k}
+
+
+def standings(scores: Mapping[str, float]) -> dict[str, int]:
+    """Rank per optimizer, 1 = best; equal scores share the better rank."""
+    return {name: 1 + sum(other > score for other in scores.values()) for name, score in scores.items()}
+
+
+def choose_default(worlds: Mapping[str, Scores], k: int = 2) -> tuple[str, dict[str, dict]]:
+    """The optimizer with the best worst-case standing at ``k`` actors over the worlds that rank (measure at least
+    three optimizers), ties broken by the mean standing; only optimizers measured on every such world compete."""
+    ranked = {world: standings(at_actors(scores, k)) for world, scores in worlds.items()
+              if len(at_actors(scores, k)) >= 3}
+    if not ranked:
+        raise ValueError("no world measures three optimizers: nothing to rank")
+    names = set.intersection(*(set(ranks) for ranks in ranked.values()))
+    table = {name: {"standings": {world: ranks[name] for world, ranks in ranked.items()},
+                    "worst": max(ranks[name] for ranks in ranked.values()),
+                    "mean": float(np.mean([ranks[name] for ranks in ranked.values()]))} for name in sorted(names)}
+    best = min(table, key=lambda name: (table[name]["worst"], table[name]["mean"], name))
+    return best, table
+
+
+def margins(worlds: Mapping[str, Scores], name: str, k: int) -> dict[str, float | None]:
+    """``name`` on ``k`` actors minus the reference, per world (None where either was not measured)."""
+    out: dict[str, float | None] = {}
+    for world, scores in worlds.items():
+        own, reference = scores.get(name, {}).get(k), scores.get(REFERENCE, {}).get(1)
+        out[world] = None if own is None or reference is None else own - reference
+    return out
+
+
+def plot(worlds: Mapping[str, Scores], path: Path) -> None:
+    """One panel per world: score against actors per optimizer, the reference dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(worlds), figsize=(4.2 * len(worlds), 3.6), squeeze=False)
+    for ax, (world, scores) in zip(axes[0], worlds.items()):
+        for name, by_k in sorted(scores.items()):
+            if name == REFERENCE:
+                ax.axhline(by_k[1], color="black", linestyle="--", linewidth=1, label=f"{name} (sequential)")
+            else:
+                ks = sorted(by_k)
+                ax.plot(ks, [by_k[k] for k in ks], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_title(world)
+        ax.set_xlabel("actors (equal wall-clock)")
+        ax.set_ylabel("gap closed" if world.startswith("planted") else "exact match (%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def load_worlds(results: Path) -> dict[str, Scores]:
+    """Every world whose results file is present."""
+    worlds: dict[str, Scores] = {}
+    if (results / "planted.json").is_file():
+        worlds.update(planted_worlds(json.loads((results / "planted.json").read_text())))
+    for name, base in (("optimizers.json", "t5"), ("optimizers_llama.json", "llama")):
+        if (results / name).is_file():
+            worlds.update(zoo_world(json.loads((results / name).read_text()), base))
+    if (results / "world.json").is_file():
+        worlds.update(real_world(json.loads((results / "world.json").read_text())))
+    return worlds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--actors", type=int, default=2, help="the number of actors the default is chosen at")
+    args = parser.parse_args()
+    require(__file__, ("matplotlib",))
+    worlds = load_worlds(RESULTS)
+    chosen, table = choose_default(worlds, args.actors)
+    names = sorted({name for scores in worlds.values() for name in scores})
+    print(f"scores at {args.actors} actors (the reference sequential, at the same wall-clock):")
+    print(f"{'world':16s}" + "".join(f"{name:>13s}" for name in names))
+    for world, scores in worlds.items():
+        row = at_actors(scores, args.actors)
+        print(f"{world:16s}" + "".join(f"{row[n]:13.3f}" if n in row else f"{'-':>13s}" for n in names))
+    print("\nstandings (1 = best) on the worlds that rank:")
+    for name, entry in table.items():
+        print(f"  {name:12s} worst {entry['worst']}  mean {entry['mean']:.2f}  {entry['standings']}")
+    print(f"\nchosen by the panel: {chosen}; the package default: {DEFAULT_OPTIMIZER}")
+    by_actors = {k: margins(worlds, DEFAULT_OPTIMIZER, k) for k in (1, 2, 4, 8)}
+    for k, per_world in by_actors.items():
+        print(f"  {DEFAULT_OPTIMIZER} on {k} actors minus the reference: " + ", ".join(
+            f"{w} {m:+.3f}" for w, m in per_world.items() if m is not None))
+    (RESULTS / "panel.json").write_text(json.dumps({
+        "command": "python benchmarks/panel.py" + (f" --actors {args.actors}" if args.actors != 2 else ""),
+        "actors": args.actors, "worlds": {w: {n: {str(k): v for k, v in by_k.items()} for n, by_k in s.items()}
+                                          for w, s in worlds.items()},
+        "standings": table, "chosen": chosen, "package_default": DEFAULT_OPTIMIZER,
+        "default_minus_reference": {str(k): v for k, v in by_actors.items()}}, indent=1) + "\n")
+    plot(worlds, RESULTS / "panel.png")
+    print(f"wrote {RESULTS}/panel.json and .png")
+
+
+if __name__ == "__main__":
+    main()
