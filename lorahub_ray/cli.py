@@ -12,12 +12,28 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
-from lorahub_ray.config import OPTIMIZER_NAMES, PoolConfig, RunConfig
+from lorahub_ray.config import OPTIMIZER_NAMES, PoolConfig, RunConfig, field_docs
 from lorahub_ray.optimizers import DEFAULT_OPTIMIZER
 from lorahub_ray.errors import ConfigError, InputError, LoraHubRayError
 from lorahub_ray.tune import add_tune_command, run_tune_command
+
+
+# Config fields whose flag is not --<field-name>; every other field of RunConfig and PoolConfig is --<field-name>
+# (tests/lorahub_ray/test_cli.py fails when a field has no flag).
+FLAG_OF = {"num_actors": "--actors", "generation_timeout_s": "--generation-timeout"}
+SEARCH_INPUTS = ("base", "modules", "examples")  # RunConfig's inputs; its other fields are the search's settings
+
+
+def flag_of(field: str) -> str:
+    """The command-line flag of a `RunConfig` or `PoolConfig` field."""
+    return FLAG_OF.get(field, "--" + field.replace("_", "-"))
+
+
+def _doc(cls: type, field: str) -> str:
+    return field_docs(cls)[field].replace("%", "%%")
 
 
 def _pool_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +64,8 @@ def _pool_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--generation-timeout", type=float, default=3600.0, metavar="SECONDS",
                        help="an actor that takes longer over its share of a generation is treated as hung: "
                             "replaced, its candidates re-run (default 3600; 0: no limit)")
+    group.add_argument("--example-batch-size", type=int, default=None, help=_doc(PoolConfig, "example_batch_size"))
+    group.add_argument("--max-restarts", type=int, default=3, help=_doc(PoolConfig, "max_restarts") + " (default 3)")
 
 
 def _pass_size(text: str) -> int | str:
@@ -60,14 +78,24 @@ def _pass_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {text!r}") from None
 
 
+def _dest(field: str) -> str:
+    return flag_of(field)[2:].replace("-", "_")
+
+
 def _pool_config(args: argparse.Namespace) -> PoolConfig:
-    return PoolConfig(num_actors=args.actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                      address=args.address, apply=args.apply, dtype=args.dtype, module_dtype=args.module_dtype,
-                      device=args.device, candidates_per_pass=args.candidates_per_pass,
-                      generation_timeout_s=args.generation_timeout or None)
+    """Every `PoolConfig` field from its flag (``--generation-timeout 0``: no limit)."""
+    settings = {f.name: getattr(args, _dest(f.name)) for f in fields(PoolConfig)}
+    settings["generation_timeout_s"] = settings["generation_timeout_s"] or None
+    return PoolConfig(**settings)
 
 
-RESUMED_SETTINGS = ("budget", "optimizer", "population", "mode", "objective", "l1", "seed", "prefilter")
+def _run_config(args: argparse.Namespace, **inputs: object) -> RunConfig:
+    """Every `RunConfig` field from its flag, the inputs (base, modules, examples) as given in ``inputs``."""
+    return RunConfig(**inputs, **{f.name: getattr(args, _dest(f.name)) for f in fields(RunConfig)
+                                  if f.name not in SEARCH_INPUTS})
+
+
+RESUMED_SETTINGS = tuple(f.name for f in fields(RunConfig) if f.name not in SEARCH_INPUTS)
 
 
 class _Given(argparse.Action):
@@ -97,14 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "with the settings and inputs in DIR/checkpoint.json")
     search.set_defaults(given=frozenset())
     search.add_argument("--budget", type=int, default=40, action=_Given, help="evaluations, exactly (default 40)")
-    search.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=DEFAULT_OPTIMIZER, action=_Given)
+    search.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=DEFAULT_OPTIMIZER, action=_Given,
+                        help=_doc(RunConfig, "optimizer"))
     search.add_argument("--population", type=int, default=None, action=_Given,
                         help="candidates per generation (cma)")
     search.add_argument("--mode", choices=["ab", "delta"], default="ab", action=_Given,
                         help="composition (default ab = LoraHub)")
-    search.add_argument("--objective", choices=["default", "reference"], default="default", action=_Given)
+    search.add_argument("--objective", choices=["default", "reference"], default="default", action=_Given,
+                        help=_doc(RunConfig, "objective"))
+    search.add_argument("--reference-batch-size", type=int, default=None, action=_Given,
+                        help=_doc(RunConfig, "reference_batch_size"))
     search.add_argument("--l1", type=float, default=0.05, action=_Given, help="weight of the mean |w| penalty")
-    search.add_argument("--seed", type=int, default=42, action=_Given)
+    search.add_argument("--bound", type=float, default=1.5, action=_Given,
+                        help=_doc(RunConfig, "bound") + " (default 1.5)")
+    search.add_argument("--seed", type=int, default=42, action=_Given, help=_doc(RunConfig, "seed"))
     search.add_argument("--prefilter", metavar="NAME:K", default=None, action=_Given,
                         help="narrow --modules to K candidates first: random:K, loss:K or similarity:K")
     search.add_argument("--merge", action="store_true", help="also write the merged full model to OUTPUT/merged")
@@ -191,9 +225,7 @@ def _search(args: argparse.Namespace) -> None:
         missing = [f"--{name}" for name in ("base", "modules", "examples", "output") if not getattr(args, name)]
         if missing:
             raise ConfigError(f"search needs {', '.join(missing)} (or --resume DIR)")
-        config = RunConfig(base=args.base, modules=args.modules, examples=args.examples, budget=args.budget,
-                           optimizer=args.optimizer, population=args.population, mode=args.mode,
-                           objective=args.objective, l1=args.l1, seed=args.seed, prefilter=args.prefilter)
+        config = _run_config(args, base=args.base, modules=args.modules, examples=args.examples)
         result = run(config, _pool_config(args), args.output, merge=args.merge, overwrite=args.overwrite,
                      progress=not args.quiet)
     if result.prefilter is not None:
@@ -226,9 +258,7 @@ def _search_many(args: argparse.Namespace) -> None:
             out.mkdir()
         except OSError as err:
             raise ConfigError(f"--output {str(out)!r} cannot be created ({err.strerror})") from None
-    configs = [RunConfig(base=args.base, modules=args.modules, examples=str(task), budget=args.budget,
-                         optimizer=args.optimizer, population=args.population, mode=args.mode,
-                         objective=args.objective, l1=args.l1, seed=args.seed) for task in tasks]
+    configs = [_run_config(args, base=args.base, modules=args.modules, examples=str(task)) for task in tasks]
     try:
         results = run_many(configs, _pool_config(args), [out / task.stem for task in tasks],
                            overwrite=args.overwrite, progress=not args.quiet)

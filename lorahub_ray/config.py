@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import os
-from dataclasses import asdict, dataclass, replace
+import re
+from dataclasses import asdict, dataclass, fields, replace
 
 from actors.cache import APPLY_METHODS
 from actors.compose import MODES
@@ -200,3 +202,12 @@ class PoolConfig:
     @property
     def threads_per_actor(self) -> int:
         return max(1, int(self.cpus_per_actor))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's description from the ``Args:`` section of ``cls``'s docstring, on one line (the CLI's help)."""
+    section = inspect.getdoc(cls).split("Args:", 1)[1]
+    entries = re.findall(r"^    (\w+): (.*?)(?=^    \w+: |\Z)", section, flags=re.M | re.S)
+    docs = {name: " ".join(text.split()).replace('``"', '"').replace('"``', '"').replace("``", "'")
+            for name, text in entries}
+    return {f.name: docs[f.name] for f in fields(cls)}

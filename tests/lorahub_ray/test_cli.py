@@ -6,7 +6,10 @@ import shutil
 
 import pytest
 
-from lorahub_ray.cli import main
+from dataclasses import MISSING, fields
+
+from lorahub_ray.cli import _pool_config, _run_config, build_parser, flag_of, main
+from lorahub_ray.config import PoolConfig, RunConfig
 
 
 def _search_args(world, examples_file, output, *extra):
@@ -167,3 +170,34 @@ def test_a_directory_of_tasks_with_a_bad_file_writes_nothing(t5_world, examples_
     assert main(_search_args(t5_world, tasks, tmp_path / "out")) == 2
     assert "bad.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "out").exists(), "the output made for the tasks is removed again"
+
+
+@pytest.mark.parametrize("config", [RunConfig, PoolConfig])
+def test_every_config_field_has_a_search_flag_with_its_default_and_docstring(config):
+    """A field added to RunConfig or PoolConfig without a flag fails here: the CLI cannot drift from the configs."""
+    search = build_parser()._subparsers._group_actions[0].choices["search"]
+    actions = {option: action for action in search._actions for option in action.option_strings}
+    for field in fields(config):
+        action = actions.get(flag_of(field.name))
+        assert action is not None, f"{config.__name__}.{field.name} has no flag {flag_of(field.name)}"
+        assert action.help, f"{flag_of(field.name)} has no help"
+        if field.default is not MISSING and field.name != "generation_timeout_s":  # 0 stands for None there
+            assert action.default == field.default, f"{flag_of(field.name)} defaults to {action.default!r}"
+
+
+def test_a_command_line_sets_every_field_it_names():
+    args = build_parser().parse_args([
+        "search", "--budget", "7", "--optimizer", "cma", "--population", "3", "--mode", "delta", "--objective",
+        "reference", "--reference-batch-size", "2", "--l1", "0.1", "--bound", "0.7", "--seed", "5", "--prefilter",
+        "loss:2", "--actors", "0", "--cpus-per-actor", "2", "--gpus-per-actor", "0", "--address", "auto", "--apply",
+        "slot", "--dtype", "float32", "--device", "cpu", "--example-batch-size", "4", "--candidates-per-pass", "2",
+        "--max-restarts", "5", "--module-dtype", "bfloat16", "--generation-timeout", "0"])
+    run = _run_config(args, base="b", modules=["m1", "m2", "m3"], examples="e.jsonl")
+    assert run == RunConfig(base="b", modules=["m1", "m2", "m3"], examples="e.jsonl", budget=7, optimizer="cma",
+                            population=3, mode="delta", objective="reference", reference_batch_size=2, l1=0.1,
+                            bound=0.7, seed=5, prefilter="loss:2")
+    assert _pool_config(args) == PoolConfig(num_actors=0, cpus_per_actor=2.0, gpus_per_actor=0.0, address="auto",
+                                            apply="slot", dtype="float32", device="cpu", example_batch_size=4,
+                                            candidates_per_pass=2, max_restarts=5, module_dtype="bfloat16",
+                                            generation_timeout_s=None)
+
