@@ -1,10 +1,11 @@
 """The optimizer panel: every optimizer's standing on every world, at equal wall-clock time, from committed results.
 
-    python benchmarks/panel.py            # reads benchmarks/results/{planted,optimizers,world}.json
+    python benchmarks/panel.py            # reads benchmarks/results/{planted,optimizers*,world}.json
 
 Worlds and their scores (higher is better), each measured by its own benchmark:
 - planted/<base>: benchmarks/planted.py, mean held-out loss gap closed over the planted kinds and seeds;
-- zoo/<base>: benchmarks/optimizers.py, mean held-out exact match over the zoo's held-out tasks and seeds;
+- zoo/<base>: benchmarks/optimizers.py, mean held-out exact match over the zoo's held-out tasks and seeds (several
+  runs with different --optimizers merged, see ZOO_RESULTS);
 - real/smollm2: benchmarks/world.py, mean held-out exact match over the BBH subtasks and seeds (SmolLM2-135M,
   BIG-bench modules); it measures only the reference and the default, so it checks the default and ranks nothing.
 In every world the reference (sequential NGOpt, 40 evaluations) sets the time and an optimizer on k actors spends
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ from lorahub_ray.optimizers import DEFAULT_OPTIMIZER  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 REFERENCE = "ngopt"
+# zoo/<base> merges these files: optimizers.py runs of the same cases with different --optimizers
+ZOO_RESULTS = {"t5": ("optimizers.json", "optimizers_t5_probes.json"), "llama": ("optimizers_llama.json",)}
 WORLD_METHODS = {"lorahub_ngopt": (REFERENCE, 1), "lorahub_singles_cma_2actors_equal_time": ("singles-cma", 2)}
 
 Scores = dict[str, dict[int, float]]  # optimizer -> actors -> score
@@ -47,10 +50,18 @@ def planted_worlds(result: Mapping) -> dict[str, Scores]:
             for world, table in gaps.items()}
 
 
-def zoo_world(result: Mapping, base: str) -> dict[str, Scores]:
-    """zoo/<base>: mean exact match per optimizer and number of actors."""
-    return {f"zoo/{base}": {name: {int(k): entry["accuracy"] for k, entry in by_k.items()}
-                            for name, by_k in result["summary"].items()}}
+def zoo_world(results: Sequence[Mapping], base: str) -> dict[str, Scores]:
+    """zoo/<base>: mean exact match per optimizer and number of actors, merged over runs of the same cases that
+    measured different optimizers (each also runs the reference, which must agree)."""
+    scores: Scores = {}
+    for result in results:
+        for name, by_k in result["summary"].items():
+            measured = {int(k): entry["accuracy"] for k, entry in by_k.items()}
+            if name in scores and scores[name] != measured:
+                raise ValueError(f"zoo/{base}: the results files disagree on {name} ({scores[name]} vs {measured}); "
+                                 "were they run on different zoos, tasks or seeds?")
+            scores[name] = measured
+    return {f"zoo/{base}": scores}
 
 
 def real_world(result: Mapping) -> dict[str, Scores]:
@@ -125,9 +136,10 @@ def load_worlds(results: Path) -> dict[str, Scores]:
     worlds: dict[str, Scores] = {}
     if (results / "planted.json").is_file():
         worlds.update(planted_worlds(json.loads((results / "planted.json").read_text())))
-    for name, base in (("optimizers.json", "t5"), ("optimizers_llama.json", "llama")):
-        if (results / name).is_file():
-            worlds.update(zoo_world(json.loads((results / name).read_text()), base))
+    for base, names in ZOO_RESULTS.items():
+        present = [json.loads((results / name).read_text()) for name in names if (results / name).is_file()]
+        if present:
+            worlds.update(zoo_world(present, base))
     if (results / "world.json").is_file():
         worlds.update(real_world(json.loads((results / "world.json").read_text())))
     return worlds

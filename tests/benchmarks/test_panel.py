@@ -57,3 +57,14 @@ def test_worlds_are_read_from_each_benchmarks_results(tmp_path):
     assert worlds["zoo/t5"] == {"ngopt": {1: 31.0}, "cma": {1: 28.0, 2: 33.0}}
     assert worlds["real/smollm2"] == {"ngopt": {1: 40.0}, "singles-cma": {2: 45.0}}
     assert "zoo/llama" not in worlds
+
+
+def test_zoo_runs_of_different_optimizers_merge_and_must_share_the_reference(tmp_path):
+    summary = lambda **accuracy: {"summary": {  # noqa: E731
+        name: {"1": {"accuracy": value}} for name, value in accuracy.items()}}
+    (tmp_path / "optimizers.json").write_text(json.dumps(summary(ngopt=31.0, cma=28.0)))
+    (tmp_path / "optimizers_t5_probes.json").write_text(json.dumps(summary(ngopt=31.0, **{"probes-cma": 30.0})))
+    assert panel.load_worlds(tmp_path)["zoo/t5"] == {"ngopt": {1: 31.0}, "cma": {1: 28.0}, "probes-cma": {1: 30.0}}
+    (tmp_path / "optimizers_t5_probes.json").write_text(json.dumps(summary(ngopt=29.0)))
+    with pytest.raises(ValueError, match="zoo/t5: the results files disagree on ngopt"):
+        panel.load_worlds(tmp_path)
