@@ -16,13 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from actors import ExampleSets
-from lorahub_ray.base import check_base
 from lorahub_ray.checkpoint import fingerprint, save_checkpoint
 from lorahub_ray.config import PoolConfig, RunConfig
-from lorahub_ray.data import load_examples
 from lorahub_ray.errors import ConfigError, WorkerError
-from lorahub_ray.modules import ModuleEntry, check_compatible, index_module, stack_modules
+from lorahub_ray.inputs import load_inputs
 from lorahub_ray.output import check_output
 from lorahub_ray.pool import WorkerPool, ray_session
 from lorahub_ray.run import SearchResult, worker_spec, write_result
@@ -55,22 +52,14 @@ def run_many(configs: Sequence[RunConfig], pool: PoolConfig | None = None,
     pool = pool or PoolConfig()
     outputs = list(outputs) if outputs is not None else [None] * len(configs)
     _check_many(configs, outputs)
-    examples = [load_examples(config.examples) for config in configs]
-    entries: dict[str, ModuleEntry] = {}  # the union of the modules, in first-seen order
-    for config in configs:
-        for name in config.modules:
-            if name not in entries:
-                entries[name] = index_module(name)
-    union = list(entries.values())
-    check_compatible(union)
-    check_base(union[0], configs[0].base)
+    read = load_inputs(configs[0].base, [c.modules for c in configs], [c.examples for c in configs])
     finals = [check_output(output, overwrite) for output in outputs]
-    inputs = [fingerprint(c, [entries[m] for m in c.modules]) if f is not None else None
-              for c, f in zip(configs, finals)]
-    columns = [[list(entries).index(name) for name in config.modules] for config in configs]  # union index per weight
+    columns = [read.columns(config.modules) for config in configs]  # union index per weight
+    inputs = [fingerprint(c, [read.entries[i] for i in cols]) if f is not None else None
+              for c, cols, f in zip(configs, columns, finals)]
     searches = [Search(len(c.modules), c.budget, c.optimizer, c.population, c.seed, c.l1, c.bound) for c in configs]
-    stack = stack_modules(union, pool.module_dtype)
-    sets = ExampleSets(tuple(tuple(chosen) for chosen in examples))
+    stack = read.stack(pool.module_dtype)
+    sets = read.example_sets()
     with ray_session(pool), WorkerPool(worker_spec(configs[0], pool), stack, sets, pool) as workers, \
             tqdm(total=sum(c.budget for c in configs), desc="evaluations", unit="eval", disable=not progress) as bar:
         while active := [i for i, search in enumerate(searches) if not search.done]:

@@ -15,13 +15,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from actors import LoraStack, WorkerSpec
-from lorahub_ray.base import check_base
 from lorahub_ray.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from lorahub_ray.config import PoolConfig, RunConfig
-from lorahub_ray.data import load_examples
 from lorahub_ray.errors import ConfigError, InefficientSettingsWarning, WorkerError
 from lorahub_ray.export import ADAPTER_DIR, MERGED_DIR, RESULT_FILE, write_adapter, write_json, write_merged
-from lorahub_ray.modules import ModuleEntry, check_compatible, index_module, stack_modules
+from lorahub_ray.inputs import load_inputs
+from lorahub_ray.modules import ModuleEntry, stack_modules
 from lorahub_ray.output import MARKER, check_output, staged_result
 from lorahub_ray.pool import WorkerPool, ray_session
 from lorahub_ray.prefilter import PrefilterReport, PrefilterSpec, select
@@ -105,10 +104,8 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
     if evaluate is not None and config.prefilter:
         raise ConfigError(f"`prefilter` {config.prefilter!r}: a search on a shared evaluator runs no pre-filter; "
                           "pass the modules to search")
-    examples = load_examples(config.examples)
-    entries = [index_module(name) for name in config.modules]
-    check_compatible(entries)
-    check_base(entries[0], config.base)
+    read = load_inputs(config.base, [config.modules], [config.examples])
+    examples, entries = read.examples[0], read.entries
     final = check_output(output, overwrite, resuming=bool(history))
     inputs = fingerprint(config, entries) if final is not None else None
     prefilter = PrefilterSpec.parse(config.prefilter) if config.prefilter else None

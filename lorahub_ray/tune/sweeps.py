@@ -9,13 +9,10 @@ import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from actors import ExampleSets
-from lorahub_ray.base import check_base
 from lorahub_ray.config import PoolConfig, RunConfig
-from lorahub_ray.data import load_examples
 from lorahub_ray.errors import ConfigError, WorkerError
 from lorahub_ray.export import ADAPTER_DIR, RESULT_FILE
-from lorahub_ray.modules import check_compatible, index_module, stack_modules
+from lorahub_ray.inputs import load_inputs
 from lorahub_ray.output import is_own, staged_result
 from lorahub_ray.many import check_shareable
 from lorahub_ray.pool import ray_session
@@ -133,11 +130,8 @@ def _shared_pool(tasks: Mapping[str, object],
     first, pool = trials[0]
     if pool.num_actors == 0:
         raise ConfigError("`actors` 0 evaluates in each trial's own process; a shared pool needs `actors` >= 1")
-    union = list(dict.fromkeys(module for config, _ in trials for module in config.modules))
-    entries = [index_module(module) for module in union]
-    check_compatible(entries)
-    stack = stack_modules(entries, pool.module_dtype)
-    sets = ExampleSets(tuple(tuple(load_examples(examples)) for examples in tasks.values()))
+    read = load_inputs(first.base, [config.modules for config, _ in trials], list(tasks.values()))
+    stack, sets = read.stack(pool.module_dtype), read.example_sets()
     with ray_session(pool) as pool:
         server = ray.remote(num_cpus=0)(SharedPool).remote(worker_spec(first, pool), stack, sets, pool)
         try:
@@ -145,7 +139,7 @@ def _shared_pool(tasks: Mapping[str, object],
                 ray.get(server.start.remote())
             except ray.exceptions.RayTaskError as err:
                 raise err.cause from None  # the pool's own error (resources, a base that fails to load)
-            yield SharedTrials(server, tuple(union), tuple(tasks))
+            yield SharedTrials(server, tuple(read.names), tuple(tasks))
             ray.get(server.close.remote())
         finally:
             ray.kill(server)
@@ -179,7 +173,7 @@ def _check_sweep(tasks: Mapping, param_space: Mapping,
     settings = {key: _absolute(value, root) if key in PATH_KEYS else value for key, value in settings.items()}
     grid = [[(key, v) for v in value] if isinstance(value, list) else [(key, value)]
             for key, value in param_space.items()]
-    checked: set[tuple[str, tuple[str, ...]]] = set()
+    checked: set[tuple[str, tuple[str, ...], str]] = set()
     trials = []
     for task, point in itertools.product(tasks, itertools.product(*grid)):
         trial = {**settings, **dict(point), "task": task, "examples": tasks[task]}
@@ -189,15 +183,12 @@ def _check_sweep(tasks: Mapping, param_space: Mapping,
     return tasks, param_space, settings, trials
 
 
-def _check_trial_inputs(config: RunConfig, checked: set[tuple[str, tuple[str, ...]]]) -> None:
-    """The trial's examples, modules and base, checked as `run` checks them (each base and module set once), so
-    that a missing or mismatched input stops the sweep before Tune starts any trial."""
-    load_examples(config.examples)
-    key = (config.base, tuple(config.modules))
+def _check_trial_inputs(config: RunConfig, checked: set[tuple[str, tuple[str, ...], str]]) -> None:
+    """The trial's examples, modules and base, checked as `run` checks them (each distinct set once), so that a
+    missing or mismatched input stops the sweep before Tune starts any trial."""
+    key = (config.base, tuple(config.modules), str(config.examples))
     if key not in checked:
-        entries = [index_module(module) for module in config.modules]
-        check_compatible(entries)
-        check_base(entries[0], config.base)
+        load_inputs(config.base, [config.modules], [config.examples])
         checked.add(key)
 
 

@@ -60,11 +60,16 @@ def test_worlds_are_read_from_each_benchmarks_results(tmp_path):
 
 
 def test_zoo_runs_of_different_optimizers_merge_and_must_share_the_reference(tmp_path):
-    summary = lambda **accuracy: {"summary": {  # noqa: E731
-        name: {"1": {"accuracy": value}} for name, value in accuracy.items()}}
-    (tmp_path / "optimizers.json").write_text(json.dumps(summary(ngopt=31.0, cma=28.0)))
-    (tmp_path / "optimizers_t5_probes.json").write_text(json.dumps(summary(ngopt=31.0, **{"probes-cma": 30.0})))
+    def result(seeds, **accuracy):
+        return json.dumps({"summary": {name: {"1": {"accuracy": value}} for name, value in accuracy.items()},
+                           "runs": [{"task": "t", "seed": seed} for seed in seeds]})
+
+    (tmp_path / "optimizers.json").write_text(result([1, 2], ngopt=31.0, cma=28.0))
+    (tmp_path / "optimizers_t5_probes.json").write_text(result([2, 1], ngopt=31.2, **{"probes-cma": 30.0}))
     assert panel.load_worlds(tmp_path)["zoo/t5"] == {"ngopt": {1: 31.0}, "cma": {1: 28.0}, "probes-cma": {1: 30.0}}
-    (tmp_path / "optimizers_t5_probes.json").write_text(json.dumps(summary(ngopt=29.0)))
+    (tmp_path / "optimizers_t5_probes.json").write_text(result([1, 2], ngopt=29.0))
     with pytest.raises(ValueError, match="zoo/t5: the results files disagree on ngopt"):
+        panel.load_worlds(tmp_path)
+    (tmp_path / "optimizers_t5_probes.json").write_text(result([1, 3], ngopt=31.0))
+    with pytest.raises(ValueError, match="zoo/t5: the results files ran different cases"):
         panel.load_worlds(tmp_path)

@@ -7,6 +7,7 @@ import pytest
 
 from lorahub_ray.errors import BadLossWarning, ConfigError
 from lorahub_ray.optimizers import default_population
+from lorahub_ray.optimizers import OPTIMIZERS, make_strategy
 from lorahub_ray.search import Outcome, Search, minimize
 
 TARGET = np.array([0.8, -0.5, 0.3, 0.0, 1.2])
@@ -16,7 +17,7 @@ def sphere(population):
     return [Outcome(float(np.sum((w - TARGET) ** 2))) for w in population]
 
 
-@pytest.mark.parametrize("optimizer", ["cma", "ngopt", "probes-cma", "singles-cma"])
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 @pytest.mark.parametrize("budget", [1, 7, 25])
 def test_budget_is_exact_and_weights_stay_in_bounds(optimizer, budget):
     search = Search(num_modules=5, budget=budget, optimizer=optimizer, population=6, bound=1.5)
@@ -82,7 +83,7 @@ def test_a_failing_candidate_gets_a_penalty_and_the_search_goes_on():
 
 
 def test_unknown_optimizer_lists_the_accepted_names():
-    with pytest.raises(ConfigError, match=r"\['cma', 'ngopt', 'probes-cma', 'singles-cma'\]"):
+    with pytest.raises(ConfigError, match=r"\['cma', 'ngopt', 'probes-cma', 'singles-cma', 'portfolio'\]"):
         Search(5, 10, optimizer="adam")
 
 
@@ -93,7 +94,7 @@ def test_ask_twice_without_tell_is_an_error():
         search.ask()
 
 
-@pytest.mark.parametrize("optimizer", ["cma", "ngopt", "probes-cma", "singles-cma"])
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_replaying_recorded_generations_restores_the_search_exactly(optimizer):
     whole = Search(5, 18, optimizer=optimizer, population=3, seed=5)
     minimize(whole, sphere)
@@ -120,8 +121,26 @@ def test_probes_then_cma_starts_with_coordinate_probes_in_one_generation_then_mo
     assert len(search.history) == 30 and search.best.score < search.history[0].score
 
 
+def test_the_portfolio_shares_each_generation_and_tells_each_part_only_its_own_scores():
+    search = Search(5, 40, optimizer="portfolio", population=4, seed=3, bound=1.5)
+    parts = [make_strategy("singles-cma", 5, 20, 4, 3, 1.5), make_strategy("cma", 5, 20, 4, 4, 1.5)]
+    while not search.done:
+        asked = search.ask()
+        shares = [min(parts[0].generation_size, len(asked))]
+        shares.append(len(asked) - shares[0])
+        alone = [part.ask(share) if share else [] for part, share in zip(parts, shares)]
+        np.testing.assert_array_equal(asked, np.vstack([w for rows in alone for w in rows]))
+        search.tell(sphere(asked))
+        scores = [e.score for e in search.history[-len(asked):]]
+        for part, told in zip(parts, (scores[: shares[0]], scores[shares[0] :])):
+            if told:
+                part.tell(told)
+    assert len(search.history) == 40
+    assert {len(rows) for rows in alone} != {0}, "both parts proposed in the last generation"
+
+
 def test_same_seed_same_search_for_every_optimizer():
-    for optimizer in ("cma", "ngopt", "probes-cma", "singles-cma"):
+    for optimizer in OPTIMIZERS:
         runs = []
         for _ in range(2):
             search = Search(5, 16, optimizer=optimizer, population=4, seed=11)
