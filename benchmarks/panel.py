@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from needs import require  # noqa: E402
 
-from lorahub_ray.optimizers import DEFAULT_OPTIMIZER  # noqa: E402
+from lorahub_ray.optimizers import DEFAULT_OPTIMIZER, OPTIMIZERS  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 REFERENCE = "ngopt"
@@ -95,11 +95,17 @@ def standings(scores: Mapping[str, float]) -> dict[str, int]:
     return {name: 1 + sum(other > score for other in scores.values()) for name, score in scores.items()}
 
 
-def choose_default(worlds: Mapping[str, Scores], k: int = 2) -> tuple[str, dict[str, dict]]:
+def choose_default(worlds: Mapping[str, Scores], k: int = 2,
+                   registered: Collection[str] | None = None) -> tuple[str, dict[str, dict]]:
     """The optimizer with the best worst-case standing at ``k`` actors over the worlds that rank (measure at least
-    three optimizers), ties broken by the mean standing; only optimizers measured on every such world compete."""
-    ranked = {world: standings(at_actors(scores, k)) for world, scores in worlds.items()
-              if len(at_actors(scores, k)) >= 3}
+    three optimizers), ties broken by the mean standing; only optimizers measured on every such world compete, and
+    of those only the ``registered`` ones (default: all; an optimizer that was measured and then dropped is shown
+    but neither ranked nor counted in the others' standings)."""
+    def competing(scores: Scores) -> dict[str, float]:
+        return {name: score for name, score in at_actors(scores, k).items()
+                if registered is None or name in registered}
+
+    ranked = {world: standings(competing(scores)) for world, scores in worlds.items() if len(competing(scores)) >= 3}
     if not ranked:
         raise ValueError("no world measures three optimizers: nothing to rank")
     names = set.intersection(*(set(ranks) for ranks in ranked.values()))
@@ -163,14 +169,16 @@ def main() -> None:
     args = parser.parse_args()
     require(__file__, ("matplotlib",))
     worlds = load_worlds(RESULTS)
-    chosen, table = choose_default(worlds, args.actors)
+    chosen, table = choose_default(worlds, args.actors, registered=OPTIMIZERS)
     names = sorted({name for scores in worlds.values() for name in scores})
     print(f"scores at {args.actors} actors (the reference sequential, at the same wall-clock):")
     print(f"{'world':16s}" + "".join(f"{name:>13s}" for name in names))
     for world, scores in worlds.items():
         row = at_actors(scores, args.actors)
         print(f"{world:16s}" + "".join(f"{row[n]:13.3f}" if n in row else f"{'-':>13s}" for n in names))
-    print("\nstandings (1 = best) on the worlds that rank:")
+    dropped = [name for name in names if name not in OPTIMIZERS]
+    print(f"\nstandings (1 = best) on the worlds that rank, among the registered optimizers"
+          + (f" (measured, then dropped: {', '.join(dropped)})" if dropped else "") + ":")
     for name, entry in table.items():
         print(f"  {name:12s} worst {entry['worst']}  mean {entry['mean']:.2f}  {entry['standings']}")
     print(f"\nchosen by the panel: {chosen}; the package default: {DEFAULT_OPTIMIZER}")
@@ -182,7 +190,7 @@ def main() -> None:
         "command": "python benchmarks/panel.py" + (f" --actors {args.actors}" if args.actors != 2 else ""),
         "actors": args.actors, "worlds": {w: {n: {str(k): v for k, v in by_k.items()} for n, by_k in s.items()}
                                           for w, s in worlds.items()},
-        "standings": table, "chosen": chosen, "package_default": DEFAULT_OPTIMIZER,
+        "standings": table, "dropped": dropped, "chosen": chosen, "package_default": DEFAULT_OPTIMIZER,
         "default_minus_reference": {str(k): v for k, v in by_actors.items()}}, indent=1) + "\n")
     plot(worlds, RESULTS / "panel.png")
     print(f"wrote {RESULTS}/panel.json and .png")

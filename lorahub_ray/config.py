@@ -47,9 +47,10 @@ class RunConfig:
         modules: LoRA adapters (local directories or hub ids), in weight order.
         examples: path of a JSONL file of ``{"input", "output"}`` lines, or the examples themselves.
         budget: number of evaluations, exactly.
-        optimizer: a name in `lorahub_ray.optimizers.OPTIMIZERS`: ``"singles-cma"`` (the default: every module
-            alone in one parallel generation, then CMA-ES from the best), ``"cma"`` (CMA-ES populations from 0),
-            ``"ngopt"`` (the reference's sequential NGOpt) or ``"probes-cma"`` (Cobyla's probes, then CMA-ES).
+        optimizer: a name in `lorahub_ray.optimizers.OPTIMIZERS`: ``"probes-cma"`` (the default: w = 0 and every
+            weight at +0.5 alone in one parallel generation, then CMA-ES from the best), ``"singles-cma"`` (the
+            same with every module alone at weight 1), ``"cma"`` (CMA-ES populations from 0) or ``"ngopt"`` (the
+            reference's sequential NGOpt).
         population: candidates per generation for ``cma`` (``None``: CMA-ES's default ``4 + 3 ln N``, made smaller
             for small budgets so that the budget lasts 12 generations, never below 4); at least 2.
             Never derived from the number of actors, so results do not depend on it.

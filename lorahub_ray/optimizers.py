@@ -5,12 +5,10 @@ the budget's bookkeeping (see `lorahub_ray.search.Search`). nevergrad supplies t
 is the glue:
 - ``cma``: CMA-ES populations from w = 0 (sized so that the budget lasts `MIN_GENERATIONS` generations).
 - ``ngopt``: the reference's sequential NGOpt (one candidate at a time; Cobyla for small budgets).
-- ``probes-cma``: a first generation of the points Cobyla starts with (w = 0 and +0.5 on each coordinate),
-  evaluated in parallel, then CMA-ES started from the best of them with a step of that probe size.
-- ``singles-cma`` (the default): the same with probes of weight 1: the first generation scores w = 0 and every
+- ``probes-cma`` (the default): a first generation of the points Cobyla starts with (w = 0 and +0.5 on each
+  coordinate), evaluated in parallel, then CMA-ES started from the best of them with a step of that probe size.
+- ``singles-cma``: the same with probes of weight 1: the first generation scores w = 0 and every
   module alone (so the search starts from the best single module), then CMA-ES from the best.
-- ``portfolio``: ``singles-cma`` and ``cma`` side by side, each proposing part of every generation from half the
-  budget (`Portfolio`): the first suits sparse compositions, the second dense ones.
 Probes never leave the box: with ``bound`` below the probe weight they move each weight by ``bound``.
 With one module, CMA-ES runs on pycma directly (`OneWeightCMA`), because nevergrad hands one-dimensional CMA-ES
 to fcmaes, which is not installed.
@@ -225,47 +223,14 @@ class ProbesThenCMA(Strategy):
             self.generation_size = self._cma.generation_size
 
 
-class Portfolio(Strategy):
-    """Several strategies sharing every generation: each proposes its own next generation, in turn, and is told
-    only its own candidates' scores (a generation cut short by the budget is filled in that order).
-
-    Args:
-        parts: the strategies, each built for its share of the budget.
-    """
-
-    def __init__(self, parts: Sequence[Strategy]) -> None:
-        self.parts = list(parts)
-        self.generation_size = sum(part.generation_size for part in self.parts)
-        self.population = sum(part.population for part in self.parts)
-        self._counts: list[int] = []
-
-    def ask(self, count: int) -> list[np.ndarray]:
-        self._counts = []
-        for part in self.parts:
-            self._counts.append(min(part.generation_size, count - sum(self._counts)))
-        return [w for part, share in zip(self.parts, self._counts) if share for w in part.ask(share)]
-
-    def tell(self, scores: Sequence[float]) -> None:
-        start = 0
-        for part, share in zip(self.parts, self._counts):
-            if share:
-                part.tell(scores[start : start + share])
-                start += share
-        self.generation_size = sum(part.generation_size for part in self.parts)
-
-
-def _portfolio(num_modules: int, budget: int, population: int | None, seed: int, bound: float) -> Portfolio:
-    """``singles-cma`` and ``cma`` side by side, half the budget each (seeds ``seed`` and ``seed + 1``)."""
-    half = max(1, budget // 2)
-    return Portfolio([ProbesThenCMA(num_modules, budget - half, population, seed, bound, step=1.0),
-                      _cma(num_modules, half, population, seed + 1, bound)])
-
-
 Builder = Callable[[int, int, "int | None", int, float], Strategy]
 OPTIMIZERS: dict[str, Builder] = {"cma": _cma, "ngopt": _ngopt, "probes-cma": ProbesThenCMA,
-                                  "singles-cma": functools.partial(ProbesThenCMA, step=1.0), "portfolio": _portfolio}
-# Chosen by benchmarks/optimizers.py: at equal wall-clock time it beat the reference and `cma` for 1 to 8 actors.
-DEFAULT_OPTIMIZER = "singles-cma"
+                                  "singles-cma": functools.partial(ProbesThenCMA, step=1.0)}
+# Chosen by the optimizer panel (benchmarks/panel.py; benchmarks/README.md#optimizer-panel): at equal wall-clock
+# time on 2 actors, the best worst-case standing over planted/t5, planted/llama, zoo/t5 and zoo/llama: 2nd, 1st, 2nd
+# and 2nd (mean gap closed 0.58 and 0.64, exact match 32.8 and 46.9). singles-cma wins both zoos (32.9, 49.9) but
+# comes last on planted/t5 (0.35: dense compositions), cma last-but-one on three worlds.
+DEFAULT_OPTIMIZER = "probes-cma"
 
 
 def make_strategy(name: str, num_modules: int, budget: int, population: int | None, seed: int,

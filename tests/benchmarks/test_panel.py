@@ -33,6 +33,9 @@ def test_the_default_has_the_best_worst_case_standing_ties_broken_by_the_mean():
     assert table["steady"]["mean"] < table["even"]["mean"] and chosen == "steady"
     with pytest.raises(ValueError, match="no world measures three optimizers"):
         panel.choose_default({"checks-only": worlds["checks-only"]}, 2)
+    chosen, table = panel.choose_default(worlds, 2, registered={"ngopt", "steady", "even"})
+    assert "spiky" not in table, "a dropped optimizer is not ranked"
+    assert {name: entry["worst"] for name, entry in table.items()} == {"ngopt": 3, "steady": 2, "even": 2}
 
 
 def test_margins_are_over_the_sequential_reference_and_none_where_unmeasured():

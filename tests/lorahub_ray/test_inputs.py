@@ -64,7 +64,7 @@ def test_mismatched_modules_are_named(t5_world, tmp_path):
 def test_bad_settings_name_the_field():
     with pytest.raises(ConfigError, match=r"`budget` must be an integer >= 1, got 0"):
         RunConfig(base="b", modules=["m"], examples="e", budget=0)
-    with pytest.raises(ConfigError, match=r"`optimizer` must be one of \['cma', 'ngopt', 'probes-cma', 'singles-cma', 'portfolio'\], got 'sgd'"):
+    with pytest.raises(ConfigError, match=r"`optimizer` must be one of \['cma', 'ngopt', 'probes-cma', 'singles-cma'\], got 'sgd'"):
         RunConfig(base="b", modules=["m"], examples="e", optimizer="sgd")
     with pytest.raises(ConfigError, match="`modules` names one module twice: 'm' and 'm'"):
         RunConfig(base="b", modules=["m", "m"], examples="e")

@@ -7,7 +7,7 @@ import pytest
 
 from lorahub_ray.errors import BadLossWarning, ConfigError
 from lorahub_ray.optimizers import default_population
-from lorahub_ray.optimizers import OPTIMIZERS, make_strategy
+from lorahub_ray.optimizers import OPTIMIZERS
 from lorahub_ray.search import Outcome, Search, minimize
 
 TARGET = np.array([0.8, -0.5, 0.3, 0.0, 1.2])
@@ -83,7 +83,7 @@ def test_a_failing_candidate_gets_a_penalty_and_the_search_goes_on():
 
 
 def test_unknown_optimizer_lists_the_accepted_names():
-    with pytest.raises(ConfigError, match=r"\['cma', 'ngopt', 'probes-cma', 'singles-cma', 'portfolio'\]"):
+    with pytest.raises(ConfigError, match=r"\['cma', 'ngopt', 'probes-cma', 'singles-cma'\]"):
         Search(5, 10, optimizer="adam")
 
 
@@ -119,24 +119,6 @@ def test_probes_then_cma_starts_with_coordinate_probes_in_one_generation_then_mo
     search.tell(sphere(following))
     minimize(search, sphere)
     assert len(search.history) == 30 and search.best.score < search.history[0].score
-
-
-def test_the_portfolio_shares_each_generation_and_tells_each_part_only_its_own_scores():
-    search = Search(5, 40, optimizer="portfolio", population=4, seed=3, bound=1.5)
-    parts = [make_strategy("singles-cma", 5, 20, 4, 3, 1.5), make_strategy("cma", 5, 20, 4, 4, 1.5)]
-    while not search.done:
-        asked = search.ask()
-        shares = [min(parts[0].generation_size, len(asked))]
-        shares.append(len(asked) - shares[0])
-        alone = [part.ask(share) if share else [] for part, share in zip(parts, shares)]
-        np.testing.assert_array_equal(asked, np.vstack([w for rows in alone for w in rows]))
-        search.tell(sphere(asked))
-        scores = [e.score for e in search.history[-len(asked):]]
-        for part, told in zip(parts, (scores[: shares[0]], scores[shares[0] :])):
-            if told:
-                part.tell(told)
-    assert len(search.history) == 40
-    assert {len(rows) for rows in alone} != {0}, "both parts proposed in the last generation"
 
 
 def test_same_seed_same_search_for_every_optimizer():
