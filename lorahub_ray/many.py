@@ -22,7 +22,7 @@ from lorahub_ray.errors import ConfigError, WorkerError
 from lorahub_ray.inputs import load_inputs
 from lorahub_ray.output import check_output
 from lorahub_ray.pool import WorkerPool, ray_session
-from lorahub_ray.run import SearchResult, worker_spec, write_result
+from lorahub_ray.run import SearchResult, worker_spec, write_search_result
 from lorahub_ray.search import Search
 
 SHARED = ("base", "mode", "objective", "reference_batch_size")  # what every actor loads or scores with
@@ -82,7 +82,7 @@ def run_many(configs: Sequence[RunConfig], pool: PoolConfig | None = None,
                               best_loss=best.loss, evaluations=len(search.history), history=search.history,
                               config=config, output=final, stack=stack.select(indices))
         if final is not None:
-            write_result(result, final, merge=False)
+            write_search_result(result, final, merge=False)
         results.append(result)
     return results
 

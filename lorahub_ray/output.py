@@ -16,8 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from lorahub_ray.errors import ConfigError
-from lorahub_ray.export import ADAPTER_DIR, CONVERGENCE_CHART, MERGED_DIR, RESULT_FILE, WEIGHTS_CHART
+from actors import LoraStack
+from lorahub_ray.export import (ADAPTER_DIR, CONVERGENCE_CHART, MERGED_DIR, RESULT_FILE, WEIGHTS_CHART, write_adapter,
+                                write_json, write_merged)
 
 MARKER = {"written_by": "lorahub-ray"}  # in every result.json and checkpoint.json the project writes
 CHECKPOINT_FILE = "checkpoint.json"
@@ -130,3 +134,14 @@ def replace_result(staging: Path, final: Path) -> None:
     (final / CHECKPOINT_FILE).unlink(missing_ok=True)
     shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_result(final: Path, stack: LoraStack, weights: np.ndarray, mode: str, base: str, record: dict,
+                 merge: bool = False) -> None:
+    """Write a found composition into ``final``: ``adapter/`` (and, with ``merge``, ``merged/``), then ``result.json``
+    (``record``), staged inside ``final`` and moved into place once complete (`staged_result`)."""
+    with staged_result(final) as staging:
+        adapter = write_adapter(staging / ADAPTER_DIR, stack, weights, mode, base)
+        if merge:
+            write_merged(staging / MERGED_DIR, base, adapter)
+        write_json(staging / RESULT_FILE, record)

@@ -18,10 +18,10 @@ from actors import LoraStack, WorkerSpec
 from lorahub_ray.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from lorahub_ray.config import PoolConfig, RunConfig
 from lorahub_ray.errors import ConfigError, InefficientSettingsWarning, WorkerError
-from lorahub_ray.export import ADAPTER_DIR, MERGED_DIR, RESULT_FILE, write_adapter, write_json, write_merged
+from lorahub_ray.export import ADAPTER_DIR
 from lorahub_ray.inputs import load_inputs
 from lorahub_ray.modules import ModuleEntry, stack_modules
-from lorahub_ray.output import MARKER, check_output, staged_result
+from lorahub_ray.output import MARKER, check_output, write_result
 from lorahub_ray.pool import WorkerPool, ray_session
 from lorahub_ray.prefilter import PrefilterReport, PrefilterSpec, select
 from lorahub_ray.search import Evaluation, Outcome, Search, minimize
@@ -133,7 +133,7 @@ def run(config: RunConfig, pool: PoolConfig | None = None, output: str | Path | 
         prefilter=report, stack=stack,
     )
     if final is not None:
-        write_result(result, final, merge)
+        write_search_result(result, final, merge)
     return result
 
 
@@ -222,11 +222,7 @@ def resume(output: str | Path, pool: PoolConfig | None = None, *, merge: bool = 
     return run(config, pool, output, history=history, merge=merge, progress=progress, on_generation=on_generation)
 
 
-def write_result(result: SearchResult, final: Path, merge: bool) -> None:
-    """Write the results into a staging dir inside ``final``, then move them into place, ``result.json`` last."""
-    with staged_result(final) as staging:
-        adapter = write_adapter(staging / ADAPTER_DIR, result.stack, np.array(list(result.weights.values())),
-                                result.config.mode, result.config.base)
-        if merge:
-            write_merged(staging / MERGED_DIR, result.config.base, adapter)
-        write_json(staging / RESULT_FILE, result.to_dict())
+def write_search_result(result: SearchResult, final: Path, merge: bool) -> None:
+    """Write ``result`` into ``final`` (`lorahub_ray.output.write_result`)."""
+    write_result(final, result.stack, np.array(list(result.weights.values())), result.config.mode, result.config.base,
+                 result.to_dict(), merge)

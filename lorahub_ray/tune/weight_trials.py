@@ -13,24 +13,27 @@ import numpy as np
 from actors import ExampleSets, LoraStack, WorkerSpec
 from lorahub_ray.config import PoolConfig, RunConfig
 from lorahub_ray.errors import ConfigError, WorkerError
-from lorahub_ray.export import ADAPTER_DIR, RESULT_FILE, write_adapter, write_json
+from lorahub_ray.export import ADAPTER_DIR
 from lorahub_ray.inputs import load_inputs
-from lorahub_ray.output import MARKER, check_output
+from lorahub_ray.output import MARKER, check_output, write_result
 from lorahub_ray.pool import ray_session
 from lorahub_ray.run import worker_spec
 from lorahub_ray.search import Evaluation, failure_penalty, l1_score
 from lorahub_ray.shared_pool import SharedPool
 from lorahub_ray.tune.trial import TRIAL_RESOURCES
 
+# A trial's candidate waits up to this long for the other concurrent trials' (Tune starts them one by one), so
+# that a pool call holds one candidate per actor; it goes at once when every actor has one.
+WEIGHT_GATHER_S = 1.0
 WEIGHT_METRIC = "score"  # what the searcher minimises: loss + l1 * mean |w|, or the failure penalty
 
 
 class WeightScorer(SharedPool):
     """A `SharedPool` (run as an async Ray actor) that scores the one candidate of each concurrent `weight_trial`.
 
-    The candidates that arrive together are evaluated in one pool call, spread over the actors; the pool replaces
-    an actor that dies or hangs (`PoolConfig.max_restarts`, `generation_timeout_s`) and evaluates on each actor's
-    device and dtype. A candidate whose loss is not finite, or whose evaluation raised, is scored like in `Search`:
+    A call waits (up to `WEIGHT_GATHER_S`) until one candidate per actor has arrived, then spreads them over the
+    actors; the pool replaces an actor that dies or hangs (`PoolConfig.max_restarts`, `generation_timeout_s`) and
+    evaluates on each actor's device and dtype. A candidate whose loss is not finite, or whose evaluation raised, is scored like in `Search`:
     `failure_penalty` of the successful scores so far.
 
     Args:
@@ -40,7 +43,8 @@ class WeightScorer(SharedPool):
 
     def __init__(self, spec: WorkerSpec, stack: LoraStack, examples: Sequence[dict[str, str]], config: PoolConfig,
                  l1: float) -> None:
-        super().__init__(spec, stack, ExampleSets((tuple(examples),)), config)
+        super().__init__(spec, stack, ExampleSets((tuple(examples),)), config, gather_s=WEIGHT_GATHER_S,
+                         fill=config.num_actors)
         self._l1 = l1
         self._scores: list[float] = []  # the successful candidates' scores so far
         self._done = 0  # candidates finished so far: each one's `generation` is its place in this order
@@ -203,8 +207,7 @@ def weight_search(base: str, modules: Sequence[str], examples: str | Path | list
                                 best_loss=best.loss, history=history, experiment=Path(results.experiment_path),
                                 output=target)
     if target is not None:
-        write_adapter(target / ADAPTER_DIR, stack, np.array(best.weights), mode, base)
-        write_json(target / RESULT_FILE, result.to_dict())
+        write_result(target, stack, np.array(best.weights), mode, base, result.to_dict())
     return result
 
 

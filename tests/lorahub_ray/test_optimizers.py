@@ -9,7 +9,7 @@ import pytest
 
 from lorahub_ray.config import PoolConfig, RunConfig
 from lorahub_ray.errors import ConfigError
-from lorahub_ray.optimizers import OPTIMIZERS
+from lorahub_ray.optimizers import OPTIMIZERS, PROBE_STEP
 from lorahub_ray.search import Outcome, Search, minimize
 
 LIBRARY_NOTICES = ("COBYLA: Invalid", "orphanated injected solution")
@@ -96,5 +96,5 @@ def test_a_search_over_one_module_writes_its_adapter(t5_world, examples_file, tm
     config = RunConfig(base=t5_world["base"], modules=t5_world["modules"][:1], examples=str(examples_file), budget=6)
     result = run(config, PoolConfig(num_actors=0), tmp_path / "out", progress=False)
     assert len(result.history) == 6 and list(result.weights) == t5_world["modules"][:1]
-    assert result.history[0].weights == [0.0] and result.history[1].weights == [1.0]  # w = 0, then the module alone
+    assert result.history[0].weights == [0.0] and result.history[1].weights == [PROBE_STEP]  # w = 0, then a probe
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()

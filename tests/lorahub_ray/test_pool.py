@@ -1,5 +1,5 @@
-"""WorkerPool and PoolServer lifecycle: which Ray is started or joined, Ray never left running after an error,
-devices, and hung actors behind the Tune pool server."""
+"""WorkerPool and WeightScorer lifecycle: which Ray is started or joined, Ray never left running after an error,
+devices, and hung actors behind the Tune weight scorer."""
 
 import logging
 import math
