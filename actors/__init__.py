@@ -2,6 +2,6 @@
 
 from actors.examples import ExampleSets
 from actors.stack import LayerStack, LoraStack
-from actors.worker import CandidateLoss, Worker, WorkerSpec
+from actors.worker import Outcome, Worker, WorkerSpec
 
-__all__ = ["CandidateLoss", "ExampleSets", "LayerStack", "LoraStack", "Worker", "WorkerSpec"]
+__all__ = ["ExampleSets", "LayerStack", "LoraStack", "Outcome", "Worker", "WorkerSpec"]

@@ -63,11 +63,13 @@ class WorkerSpec:
 
 
 @dataclass(frozen=True)
-class CandidateLoss:
-    """One candidate's loss (NaN when its evaluation failed), the seconds it took, and the error if any."""
+class Outcome:
+    """What evaluating one candidate gave: its loss (NaN when it failed), the seconds it took, the actor that ran it
+    (set by the driver's pool; ``None`` in process) and the error if any."""
 
     loss: float
-    seconds: float
+    seconds: float = 0.0
+    actor: int | None = None
     error: str | None = None
 
 
@@ -165,7 +167,7 @@ class Worker:
             return [objective_loss(s, c, self.spec.objective, self.spec.reference_batch_size)
                     for s, c in zip(sums.split(rows), counts.split(rows))]
 
-    def evaluate(self, population: np.ndarray, example_sets: Sequence[int] | None = None) -> list[CandidateLoss]:
+    def evaluate(self, population: np.ndarray, example_sets: Sequence[int] | None = None) -> list[Outcome]:
         """Score each row of ``population`` ``(P, N)`` on its example set (``example_sets[p]``; ``None``: the first
         set for all); a failing candidate yields NaN and its error, not an exception.
 
@@ -182,8 +184,8 @@ class Worker:
         with self._threads():
             return self._evaluate(population, sets)
 
-    def _evaluate(self, population: np.ndarray, sets: list[int]) -> list[CandidateLoss]:
-        results: list[CandidateLoss] = []
+    def _evaluate(self, population: np.ndarray, sets: list[int]) -> list[Outcome]:
+        results: list[Outcome] = []
         start = 0
         while start < len(population):
             chunk, chunk_sets = population[start : start + self.pass_size], sets[start : start + self.pass_size]
@@ -200,17 +202,17 @@ class Worker:
                     results.extend(self._evaluate_one(w, i) for w, i in zip(chunk, chunk_sets))
                 else:
                     seconds = (time.perf_counter() - began) / len(chunk)
-                    results.extend(CandidateLoss(loss, seconds) for loss in losses)
+                    results.extend(Outcome(loss, seconds) for loss in losses)
             start += len(chunk)
         return results
 
-    def _evaluate_one(self, weights: np.ndarray, example_set: int = 0) -> CandidateLoss:
+    def _evaluate_one(self, weights: np.ndarray, example_set: int = 0) -> Outcome:
         start = time.perf_counter()
         try:
             loss, error = self.loss(weights, example_set), None
         except Exception:  # a failing candidate must not kill the pool
             loss, error = math.nan, traceback.format_exc(limit=3)
-        return CandidateLoss(loss, time.perf_counter() - start, error)
+        return Outcome(loss, time.perf_counter() - start, error=error)
 
     def set_stack(self, stack: LoraStack) -> None:
         """Score candidates over another pool of modules from now on (same layers; see `ModuleCache.set_stack`)."""

@@ -48,7 +48,7 @@ from lorahub_ray.demo import ensure_zoo  # noqa: E402
 from lorahub_ray.evaluate import generate  # noqa: E402
 from lorahub_ray.modules import load_stack  # noqa: E402
 from lorahub_ray.optimizers import OPTIMIZERS  # noqa: E402
-from lorahub_ray.search import Outcome, Search, l1_score, minimize  # noqa: E402
+from lorahub_ray.search import Search, l1_score, minimize  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SHOTS, TEST, MAX_NEW_TOKENS = 5, 40, 16
@@ -118,8 +118,7 @@ def run_case(base: str, pool: list[str], inputs: list[str], kind: str, seed: int
     for name, actors, budget in plan:
         search = Search(stack.num_modules, budget, name, seed=seed, l1=L1)
         started = time.perf_counter()
-        best = minimize(search, lambda population: [Outcome(r.loss, r.seconds, error=r.error)
-                                                     for r in searcher.evaluate(population)])
+        best = minimize(search, searcher.evaluate)
         found = np.array(best.weights)
         loss = scorer.loss(found)
         row["runs"].append({

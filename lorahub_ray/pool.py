@@ -19,10 +19,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from actors import ExampleSets, LoraStack, Worker, WorkerSpec
+from actors import ExampleSets, LoraStack, Outcome, Worker, WorkerSpec
 from lorahub_ray.config import PoolConfig
 from lorahub_ray.errors import ConfigError, InefficientSettingsWarning, WorkerError
-from lorahub_ray.search import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +139,7 @@ class WorkerPool:
         population = np.atleast_2d(population)
         sets = [0] * len(population) if example_sets is None else list(example_sets)
         if self._local is not None:
-            return [Outcome(r.loss, r.seconds, None, r.error) for r in self._local.evaluate(population, sets)]
+            return self._local.evaluate(population, sets)
         passes = math.ceil(math.ceil(len(population) / len(self.actors)) / self._pass)
         size = passes * self._pass  # whole passes: every candidate shares a pass with the same others, whatever the actors
         chunks = [(population[i : i + size], sets[i : i + size]) for i in range(0, len(population), size)]
@@ -164,7 +163,7 @@ class WorkerPool:
                 queue.appendleft(index)
                 self._replace(slot, lost)
             else:
-                results[index] = [Outcome(r.loss, r.seconds, slot, r.error) for r in losses]
+                results[index] = [replace(r, actor=slot) for r in losses]
             idle.append(slot)
         return results  # type: ignore[return-value]
 

@@ -13,20 +13,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from actors import Outcome  # what an evaluator returns for each candidate, re-exported here
 from lorahub_ray.errors import BadLossWarning, ConfigError, InputError
 from lorahub_ray.optimizers import DEFAULT_OPTIMIZER, OPTIMIZERS, make_strategy
 
 FIRST_FAILURE_SCORE = 1e4  # score of a failed candidate before any candidate succeeded
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What evaluating one candidate gave: its loss (NaN if it failed), and where and how long it ran."""
-
-    loss: float
-    seconds: float = 0.0
-    actor: int | None = None
-    error: str | None = None
 
 
 @dataclass(frozen=True)

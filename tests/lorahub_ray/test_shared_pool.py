@@ -106,7 +106,6 @@ def test_a_shared_pool_that_cannot_start_raises_its_own_error(local_ray, t5_worl
 
 def test_run_on_a_given_evaluator_is_the_run_on_its_own_pool(t5_world, tmp_path):
     from actors import Worker
-    from lorahub_ray.search import Outcome
 
     config = RunConfig(base=t5_world["base"], modules=t5_world["modules"], examples=EXAMPLES, budget=6, population=3,
                        seed=3)
@@ -115,7 +114,7 @@ def test_run_on_a_given_evaluator_is_the_run_on_its_own_pool(t5_world, tmp_path)
 
     def evaluate(population):
         calls.append(len(population))
-        return [Outcome(r.loss, r.seconds, error=r.error) for r in worker.evaluate(population)]
+        return worker.evaluate(population)
 
     given = run(config, output=tmp_path / "given", progress=False, evaluate=evaluate)
     own = run(config, PoolConfig(num_actors=0), progress=False)
