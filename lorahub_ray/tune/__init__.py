@@ -4,8 +4,8 @@
 (keys: `TRIAL_KEYS`); `with_pool_resources` gives each trial a placement group that also holds its evaluator actors.
 `sweep` (`sweeps`) runs tasks x a grid of settings and exports each task's best adapter. `weight_search`
 (`weight_trials`) lets a Tune search algorithm propose the composition weights themselves, one candidate per
-trial, evaluated by a `WeightScorer` (a `SharedPool`) shared between the concurrent trials. Ray Tune is imported inside the
-functions only, so the CLI starts without it.
+trial, evaluated by a `WeightScorer` (a `SharedPool`) shared between the concurrent trials. Ray Tune is imported
+inside the functions only, so the CLI starts without it.
 """
 
 from lorahub_ray.tune.trial import (

@@ -33,8 +33,8 @@ class WeightScorer(SharedPool):
 
     A call waits (up to `WEIGHT_GATHER_S`) until one candidate per actor has arrived, then spreads them over the
     actors; the pool replaces an actor that dies or hangs (`PoolConfig.max_restarts`, `generation_timeout_s`) and
-    evaluates on each actor's device and dtype. A candidate whose loss is not finite, or whose evaluation raised, is scored like in `Search`:
-    `failure_penalty` of the successful scores so far.
+    evaluates on each actor's device and dtype. A candidate whose loss is not finite, or whose evaluation raised, is
+    scored like in `Search`: `failure_penalty` of the successful scores so far.
 
     Args:
         spec, stack, examples, config: the pool's, as for `WorkerPool`.
