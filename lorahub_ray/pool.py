@@ -13,7 +13,7 @@ import socket
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -92,14 +92,17 @@ class WorkerPool:
                     raise ConfigError(f"{message}; lower `num_actors` or the per-actor resources")
                 warnings.warn(f"{message}; actors wait until the cluster grows", InefficientSettingsWarning)
 
-    def _start_actor(self):
-        """Start one more actor like this pool's (its replacements too)."""
+    def actor_starter(self) -> Callable[[], object]:
+        """A picklable function that starts one more actor like this pool's (its replacements use it too)."""
         import ray
 
         options = {"num_cpus": self.config.cpus_per_actor, "num_gpus": self.config.gpus_per_actor}
         if ray.util.get_current_placement_group() is None:  # in one (a Tune trial's), stay in it: no strategy
             options["scheduling_strategy"] = "SPREAD"  # spread over nodes: more memory bandwidth per actor
-        return _new_actor(options, self._init_args)
+        return functools.partial(_new_actor, options, self._init_args)
+
+    def _start_actor(self):
+        return self.actor_starter()()
 
     @property
     def restarts(self) -> int:

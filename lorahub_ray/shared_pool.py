@@ -21,7 +21,6 @@ from lorahub_ray.pool import WorkerPool
 from lorahub_ray.search import Outcome
 
 GATHER_S = 0.05  # how long the first waiting request waits for others to join its call
-GATHER_POLL_S = 0.005  # how often it looks whether ``fill`` candidates wait
 
 
 class SharedPool:
@@ -32,15 +31,13 @@ class SharedPool:
         spec, stack, sets, config: the `WorkerPool`'s (``stack``: the union of the searches' modules; ``sets``:
             every search's examples).
         gather_s: seconds the first request waits for others before a call starts.
-        fill: a call starts as soon as this many candidates wait (``None``: only after ``gather_s``).
     """
 
     def __init__(self, spec: WorkerSpec, stack: LoraStack, sets: ExampleSets, config: PoolConfig,
-                 gather_s: float = GATHER_S, fill: int | None = None) -> None:
+                 gather_s: float = GATHER_S) -> None:
         self._pool_args = (spec, stack, sets, config)
         self._pool: WorkerPool | None = None
         self._gather_s = gather_s
-        self._fill = fill
         self._waiting: list[tuple[np.ndarray, list[int], asyncio.Future]] = []
         self._turn = asyncio.Lock()  # one call to the pool at a time
         self.calls = 0  # pool calls so far
@@ -57,18 +54,10 @@ class SharedPool:
         self._waiting.append((np.atleast_2d(population), list(example_sets), future))
         async with self._turn:
             if not future.done():  # not served by an earlier call: serve everything waiting now
-                await self._gather()
+                await asyncio.sleep(self._gather_s)
                 batch, self._waiting = self._waiting, []
                 await self._call(batch)
         return future.result()
-
-    async def _gather(self) -> None:
-        """Wait ``gather_s`` for other requests to join the call, or until ``fill`` candidates wait."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._gather_s
-        while (self._fill is None or sum(len(rows) for rows, _, _ in self._waiting) < self._fill) \
-                and loop.time() < deadline:
-            await asyncio.sleep(min(GATHER_POLL_S, max(0.0, deadline - loop.time())))
 
     async def _call(self, batch: list[tuple[np.ndarray, list[int], asyncio.Future]]) -> None:
         population = np.concatenate([rows for rows, _, _ in batch])

@@ -1,66 +1,107 @@
-"""`weight_search`: a Tune searcher proposes the weights, one candidate per trial, scored on a shared
-`WeightScorer` (a `SharedPool` of evaluator actors)."""
+"""`weight_search`: a Tune searcher proposes the weights, one candidate per trial, scored on a shared `PoolServer`."""
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from actors import ExampleSets, LoraStack, WorkerSpec
+from actors import Outcome
 from lorahub_ray.config import PoolConfig, RunConfig
 from lorahub_ray.errors import ConfigError, WorkerError
 from lorahub_ray.export import ADAPTER_DIR
 from lorahub_ray.inputs import load_inputs
 from lorahub_ray.output import MARKER, check_output, write_result
-from lorahub_ray.pool import ray_session
+from lorahub_ray.pool import WorkerPool
 from lorahub_ray.run import worker_spec
 from lorahub_ray.search import Evaluation, failure_penalty, l1_score
-from lorahub_ray.shared_pool import SharedPool
 from lorahub_ray.tune.trial import TRIAL_RESOURCES
 
-# A trial's candidate waits up to this long for the other concurrent trials' (Tune starts them one by one), so
-# that a pool call holds one candidate per actor; it goes at once when every actor has one.
-WEIGHT_GATHER_S = 1.0
 WEIGHT_METRIC = "score"  # what the searcher minimises: loss + l1 * mean |w|, or the failure penalty
 
 
-class WeightScorer(SharedPool):
-    """A `SharedPool` (run as an async Ray actor) that scores the one candidate of each concurrent `weight_trial`.
+class PoolServer:
+    """Shares a `WorkerPool`'s evaluator actors between concurrent Tune trials (run as an async Ray actor).
 
-    A call waits (up to `WEIGHT_GATHER_S`) until one candidate per actor has arrived, then spreads them over the
-    actors; the pool replaces an actor that dies or hangs (`PoolConfig.max_restarts`, `generation_timeout_s`) and
-    evaluates on each actor's device and dtype. A candidate whose loss is not finite, or whose evaluation raised, is
-    scored like in `Search`: `failure_penalty` of the successful scores so far.
+    Each request waits for a free actor, which evaluates that one candidate; so any number of trials can call
+    `evaluate` at once and every actor scores one candidate at a time. A candidate whose loss is not finite, or
+    whose evaluation raised, is scored like in `Search`: `failure_penalty` of the successful scores so far.
+    An actor that dies, or does not answer within ``timeout_s``, is killed and replaced (``start_actor``) and the
+    candidate re-run; past ``max_restarts`` replacements the request fails with `WorkerError`.
 
     Args:
-        spec, stack, examples, config: the pool's, as for `WorkerPool`.
+        actors: the pool's actor handles (`WorkerPool.actors`); the server owns them while it runs.
         l1: weight of the ``mean |w|`` penalty.
+        start_actor: starts a replacement actor (`WorkerPool.actor_starter`); ``None``: none is replaced.
+        timeout_s: seconds one evaluation may take before its actor is treated as hung (``None``: no limit).
+        max_restarts: replacements allowed in all.
     """
 
-    def __init__(self, spec: WorkerSpec, stack: LoraStack, examples: Sequence[dict[str, str]], config: PoolConfig,
-                 l1: float) -> None:
-        super().__init__(spec, stack, ExampleSets((tuple(examples),)), config, gather_s=WEIGHT_GATHER_S,
-                         fill=config.num_actors)
+    def __init__(self, actors: Sequence, l1: float, start_actor: Callable[[], object] | None = None,
+                 timeout_s: float | None = None, max_restarts: int = 0) -> None:
+        self._actors = list(actors)
+        self._idle: asyncio.Queue[int] = asyncio.Queue()  # indices of the free actors
+        for slot in range(len(self._actors)):
+            self._idle.put_nowait(slot)
         self._l1 = l1
+        self._start_actor = start_actor
+        self._timeout_s = timeout_s
+        self._max_restarts = max_restarts
+        self._restarts = 0  # actors replaced so far
         self._scores: list[float] = []  # the successful candidates' scores so far
         self._done = 0  # candidates finished so far: each one's `generation` is its place in this order
 
-    async def score(self, weights: Sequence[float]) -> Evaluation:
-        """Score one candidate ``(N,)``."""
-        [outcome] = await self.evaluate(np.array([weights], dtype=np.float64), [0])
-        ok = outcome.error is None and math.isfinite(outcome.loss)
-        score = l1_score(outcome.loss, weights, self._l1) if ok else failure_penalty(self._scores)
+    async def evaluate(self, weights: Sequence[float]) -> Evaluation:
+        """Score one candidate ``(N,)`` on the next free actor."""
+        result, slot = await self._score(np.array([weights], dtype=np.float64))
+        ok = result.error is None and math.isfinite(result.loss)
+        score = l1_score(result.loss, weights, self._l1) if ok else failure_penalty(self._scores)
         if ok:
             self._scores.append(score)
-        error = outcome.error or (None if ok else f"loss {outcome.loss}")
-        evaluation = Evaluation(weights=[float(w) for w in weights], score=score, loss=outcome.loss if ok else None,
-                                actor=outcome.actor, seconds=outcome.seconds, generation=self._done, error=error)
+        error = result.error or (None if ok else f"loss {result.loss}")
+        evaluation = Evaluation(weights=[float(w) for w in weights], score=score, loss=result.loss if ok else None,
+                                actor=slot, seconds=result.seconds, generation=self._done, error=error)
         self._done += 1
         return evaluation
+
+    async def restarts(self) -> int:
+        """How many actors died or hung and were replaced so far."""
+        return self._restarts
+
+    async def _score(self, population: np.ndarray) -> tuple[Outcome, int]:
+        """The result of the one candidate ``(1, N)`` and the actor slot that scored it."""
+        import ray
+
+        while True:
+            slot = await self._idle.get()
+            try:
+                [result] = await asyncio.wait_for(self._actors[slot].evaluate.remote(population), self._timeout_s)
+                return result, slot
+            except ray.exceptions.RayTaskError:  # the call itself raised: the candidate fails, the actor lives on
+                return Outcome(math.nan, error=traceback.format_exc(limit=3)), slot
+            except (ray.exceptions.RayActorError, asyncio.TimeoutError) as err:
+                await self._replace(slot, err)  # then the candidate goes to the next free actor
+            finally:
+                self._idle.put_nowait(slot)
+
+    async def _replace(self, slot: int, err: Exception) -> None:
+        """Kill the actor in ``slot`` and start a ready replacement there, or raise `WorkerError` past the limit."""
+        import ray
+
+        why = (f"no answer within {self._timeout_s} s; treated as hung" if isinstance(err, asyncio.TimeoutError)
+               else str(err).strip().splitlines()[0])
+        ray.kill(self._actors[slot], no_restart=True)
+        self._restarts += 1
+        if self._start_actor is None or self._restarts > self._max_restarts:
+            raise WorkerError(f"evaluator actors died or hung {self._restarts} times (limit `max_restarts` = "
+                              f"{self._max_restarts if self._start_actor else 0}); last: {why}")
+        self._actors[slot] = self._start_actor()
+        await self._actors[slot].info.remote()
 
 
 def weight_keys(num_modules: int) -> list[str]:
@@ -69,7 +110,7 @@ def weight_keys(num_modules: int) -> list[str]:
 
 
 def weight_trial(config: dict, server, num_modules: int) -> None:
-    """Tune function trainable: one candidate, ``config["w0"]`` .. ``w{N-1}``, scored on the shared `WeightScorer`.
+    """Tune function trainable: one candidate, ``config["w0"]`` .. ``w{N-1}``, scored on the shared `PoolServer`.
 
     Reports once: ``score`` (what the searcher minimises), ``loss`` (NaN when the candidate failed), ``actor``
     (which of the pool's actors ran it), ``order`` (its place among the finished candidates), ``seconds`` (the
@@ -79,7 +120,7 @@ def weight_trial(config: dict, server, num_modules: int) -> None:
     from ray import tune
 
     weights = [float(config[key]) for key in weight_keys(num_modules)]
-    evaluation: Evaluation = ray.get(server.score.remote(weights))
+    evaluation: Evaluation = ray.get(server.evaluate.remote(weights))
     tune.report({WEIGHT_METRIC: evaluation.score, "loss": math.nan if evaluation.loss is None else evaluation.loss,
                  "actor": evaluation.actor, "order": evaluation.generation, "seconds": evaluation.seconds,
                  "error": evaluation.error or ""})
@@ -139,7 +180,7 @@ def weight_search(base: str, modules: Sequence[str], examples: str | Path | list
                   verbose: int = 0, pool: PoolConfig | None = None) -> WeightSearchResult:
     """Let a Tune search algorithm propose the composition weights: ``budget`` trials of one candidate each.
 
-    Every trial (`weight_trial`) is scored on one shared pool of ``num_actors`` evaluator actors (`WeightScorer`);
+    Every trial (`weight_trial`) is scored on one shared pool of ``num_actors`` evaluator actors (`PoolServer`);
     ``num_actors`` trials run at once.
 
     Args:
@@ -174,15 +215,11 @@ def weight_search(base: str, modules: Sequence[str], examples: str | Path | list
     keys = weight_keys(len(read.entries))
     searcher = search_alg or default_weight_searcher(len(keys), budget, num_actors, bound, seed)
     space = {key: tune.uniform(-bound, bound) for key in keys} if search_alg is not None else {}
-    with ray_session(pool) as pool:  # stops the Ray it started
-        server = ray.remote(num_cpus=0)(WeightScorer).remote(worker_spec(config, pool), stack, read.examples[0],
-                                                              pool, l1)
-        try:  # the scorer (and the actors it owns) never outlives the search
-            try:
-                ray.get(server.start.remote())
-            except ray.exceptions.RayTaskError as err:
-                raise err.cause from None  # the pool's own error (resources, a base that fails to load)
-            # The evaluator actors hold the CPUs; a trial only waits on the scorer, so it reserves no CPU (and 1 MiB
+    with WorkerPool(worker_spec(config, pool), stack, read.examples[0], pool) as workers:  # stops the Ray it started
+        server = ray.remote(num_cpus=0)(PoolServer).remote(workers.actors, l1, workers.actor_starter(),
+                                                           pool.generation_timeout_s, pool.max_restarts)
+        try:  # the server (and the replacement actors it owns) never outlives the search
+            # The evaluator actors hold the CPUs; a trial only waits on the server, so it reserves no CPU (and 1 MiB
             # of Ray's logical memory, since Tune refuses a request of nothing).
             trainable = tune.with_resources(tune.with_parameters(weight_trial, server=server,
                                                                  num_modules=len(keys)), TRIAL_RESOURCES)
@@ -194,7 +231,6 @@ def weight_search(base: str, modules: Sequence[str], examples: str | Path | list
                                           storage_path=str(Path(storage_path).expanduser().resolve())
                                           if storage_path else None))
             results = tuner.fit()
-            ray.get(server.close.remote())
         finally:
             ray.kill(server)
     failed = [result for result in results if result.error]
@@ -217,4 +253,3 @@ def _trial_evaluation(result, keys: list[str]) -> Evaluation:
     return Evaluation(weights=[float(result.config[key]) for key in keys], score=metrics[WEIGHT_METRIC],
                       loss=None if math.isnan(metrics["loss"]) else metrics["loss"], actor=metrics["actor"],
                       seconds=metrics["seconds"], generation=metrics["order"], error=metrics["error"] or None)
-

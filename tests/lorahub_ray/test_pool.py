@@ -1,5 +1,5 @@
-"""WorkerPool and WeightScorer lifecycle: which Ray is started or joined, Ray never left running after an error,
-devices, and hung actors behind the Tune weight scorer."""
+"""WorkerPool and PoolServer lifecycle: which Ray is started or joined, Ray never left running after an error,
+devices, and hung actors behind the Tune pool server."""
 
 import logging
 import math
@@ -126,27 +126,21 @@ def test_actors_that_reserve_no_gpu_report_cpu_and_no_gpu_ids(local_ray, t5_worl
 
 
 @pytest.mark.ray
-def test_the_weight_scorer_replaces_a_hung_actor_and_scores_the_candidate_again(local_ray, t5_world):
-    import asyncio
-
-    from lorahub_ray.tune import WeightScorer
+def test_the_pool_server_replaces_a_hung_actor_and_scores_the_candidate_again(local_ray, t5_world):
+    from lorahub_ray.tune import PoolServer
 
     spec = WorkerSpec(base=t5_world["base"], num_threads=1)
     stack = load_stack(t5_world["modules"])
     population = np.random.default_rng(2).uniform(-1, 1, (3, 3))
     expected = [r.loss for r in Worker(spec, stack, EXAMPLES).evaluate(population)]
-    scorer = WeightScorer(spec, stack, EXAMPLES, PoolConfig(num_actors=2, generation_timeout_s=5.0), 0.0)
-
-    async def scored_with_a_hung_actor():  # in this process, to reach the pool's actors
-        await scorer.start()
+    with WorkerPool(spec, stack, EXAMPLES, PoolConfig(num_actors=2)) as pool:
+        local_ray.get(pool.actors[0].inject_fault.remote("hang"))
+        server = local_ray.remote(num_cpus=0)(PoolServer).remote(pool.actors, 0.0, pool.actor_starter(), 5.0, 3)
         try:
-            local_ray.get(scorer._pool.actors[0].inject_fault.remote("hang"))
-            evaluations = await asyncio.gather(*(scorer.score(list(w)) for w in population))
-            return evaluations, (await scorer.stats())["restarts"]
+            evaluations = local_ray.get([server.evaluate.remote(list(w)) for w in population])
+            restarts = local_ray.get(server.restarts.remote())
         finally:
-            await scorer.close()
-
-    evaluations, restarts = asyncio.run(scored_with_a_hung_actor())
+            local_ray.kill(server)
     assert [e.loss for e in evaluations] == expected
     assert restarts >= 1  # the hung actor (and any healthy one slower than 5 s)
 
