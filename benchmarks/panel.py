@@ -6,8 +6,9 @@ Worlds and their scores (higher is better), each measured by its own benchmark:
 - planted/<base>: benchmarks/planted.py, mean held-out loss gap closed over the planted kinds and seeds;
 - zoo/<base>: benchmarks/optimizers.py, mean held-out exact match over the zoo's held-out tasks and seeds (several
   runs with different --optimizers merged, see ZOO_RESULTS);
-- real/smollm2: benchmarks/world.py, mean held-out exact match over the BBH subtasks and seeds (SmolLM2-135M,
-  BIG-bench modules); it measures only the reference and the default, so it checks the default and ranks nothing.
+- real/smollm2: benchmarks/world.py --panel (world_panel.json; else world.json, which measures two optimizers and
+  ranks nothing), mean held-out exact match over the BBH subtasks and seeds (SmolLM2-135M, modules of the other
+  BBH tasks).
 In every world the reference (sequential NGOpt, 40 evaluations) sets the time and an optimizer on k actors spends
 40·k evaluations. The default is the optimizer with the best worst-case standing (its rank among the optimizers a
 world measured, 1 = best) over the worlds that rank at k = 2, ties broken by the mean standing.
@@ -27,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from needs import require  # noqa: E402
+from protocol import search_method  # noqa: E402
 
 from lorahub_ray.optimizers import DEFAULT_OPTIMIZER, OPTIMIZERS  # noqa: E402
 
@@ -36,7 +38,7 @@ REFERENCE = "ngopt"
 ZOO_RESULTS = {"t5": ("optimizers.json", "optimizers_t5_probes.json", "optimizers_t5_portfolio.json"),
                "llama": ("optimizers_llama.json", "optimizers_llama_portfolio.json")}
 REFERENCE_TOLERANCE = 0.5  # points of mean exact match two runs of the same cases may differ by
-WORLD_METHODS = {"lorahub_ngopt": (REFERENCE, 1), "lorahub_singles_cma_2actors_equal_time": ("singles-cma", 2)}
+REAL_WORLD_RESULTS = ("world_panel.json", "world.json")  # the first present is read
 
 Scores = dict[str, dict[int, float]]  # optimizer -> actors -> score
 
@@ -77,10 +79,12 @@ def zoo_world(results: Sequence[Mapping], base: str) -> dict[str, Scores]:
 
 
 def real_world(result: Mapping) -> dict[str, Scores]:
-    """real/smollm2: mean exact match of the reference and of the default on 2 actors."""
+    """real/smollm2: mean exact match of every search the results hold, an equal-time one at 2 actors."""
     scores: Scores = {}
-    for method, (name, k) in WORLD_METHODS.items():
-        scores.setdefault(name, {})[k] = result["exact_match"][method]["avg"]
+    for method, figures in result["exact_match"].items():
+        if search := search_method(method):
+            name, equal_time = search
+            scores.setdefault(name, {})[2 if equal_time else 1] = figures["avg"]
     return {"real/smollm2": scores}
 
 
@@ -158,8 +162,10 @@ def load_worlds(results: Path) -> dict[str, Scores]:
         present = [json.loads((results / name).read_text()) for name in names if (results / name).is_file()]
         if present:
             worlds.update(zoo_world(present, base))
-    if (results / "world.json").is_file():
-        worlds.update(real_world(json.loads((results / "world.json").read_text())))
+    for name in REAL_WORLD_RESULTS:
+        if (results / name).is_file():
+            worlds.update(real_world(json.loads((results / name).read_text())))
+            break
     return worlds
 
 

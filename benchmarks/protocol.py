@@ -20,6 +20,7 @@ from actors import Worker, WorkerSpec
 from lorahub_ray.config import PoolConfig
 from lorahub_ray.evaluate import exact_match, option_accuracy
 from lorahub_ray.modules import load_stack
+from lorahub_ray.optimizers import OPTIMIZERS
 from lorahub_ray.pool import WorkerPool
 from lorahub_ray.search import Search, minimize
 
@@ -147,10 +148,21 @@ def equal_time_budget(budget: int, speedup: float, actors: int = 2) -> int:
     return max(budget, int(budget * min(speedup, actors)))
 
 
-# method -> (optimizer, whether it gets the 2-actor equal-time budget)
-SEARCHES = {"lorahub_ngopt": ("ngopt", False), "lorahub_cma": ("cma", False),
-            "lorahub_cma_2actors_equal_time": ("cma", True),
-            "lorahub_singles_cma_2actors_equal_time": ("singles-cma", True)}
+EQUAL_TIME = "_2actors_equal_time"
+
+
+def search_method(method: str) -> tuple[str, bool] | None:
+    """A search method's (optimizer, whether it gets the 2-actor equal-time budget): ``lorahub_<optimizer>`` and
+    ``lorahub_<optimizer>_2actors_equal_time`` for every registered optimizer (``-`` written ``_``); None for a
+    method that is not a search."""
+    equal_time = method.endswith(EQUAL_TIME)
+    name = method.removeprefix("lorahub_").removesuffix(EQUAL_TIME).replace("_", "-")
+    return (name, equal_time) if method.startswith("lorahub_") and name in OPTIMIZERS else None
+
+
+def search_method_name(optimizer: str, equal_time: bool) -> str:
+    """The method name `search_method` reads back."""
+    return "lorahub_" + optimizer.replace("-", "_") + (EQUAL_TIME if equal_time else "")
 
 
 def run_methods(case: Case, methods: Sequence[str], budget: int = 40, speedup: float = 1.0) -> dict:
@@ -168,8 +180,8 @@ def run_methods(case: Case, methods: Sequence[str], budget: int = 40, speedup: f
     for method in methods:
         if method in simple:
             measured = simple[method](case)
-        elif method in SEARCHES:
-            optimizer, equal_time = SEARCHES[method]
+        elif search := search_method(method):
+            optimizer, equal_time = search
             run = lorahub_search(case, optimizer, equal_time_budget(budget, speedup) if equal_time else budget)
             measured = case.scores(np.array(min(run.history, key=lambda e: e.score).weights))
             curves[method] = run.best_scores()

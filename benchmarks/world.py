@@ -36,11 +36,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from needs import private_ray, require  # noqa: E402
-from protocol import Case, load_shards, measured_speedup, parse_shard, remove_shards, run_methods, save_shard  # noqa: E402
+from protocol import (  # noqa: E402
+    Case,
+    load_shards,
+    measured_speedup,
+    parse_shard,
+    remove_shards,
+    run_methods,
+    save_shard,
+    search_method_name,
+)
 from quality import summarise  # noqa: E402
 
 from lorahub_ray.data import load_examples  # noqa: E402
 from lorahub_ray.errors import InputError  # noqa: E402
+from lorahub_ray.optimizers import OPTIMIZERS  # noqa: E402
 from lorahub_ray.zoo.world import WORLDS, default_world_dir  # noqa: E402
 
 # ---- settings -------------------------------------------------------------------------------------------
@@ -51,6 +61,9 @@ BUDGET = 40
 FINETUNE_STEPS, FINETUNE_LR = 40, 2e-3  # LoRA on the 5 examples: 40 full-batch steps (100 take ~2 min a case)
 METHODS = ["zero_shot", "in_context", "best_single", "uniform", "lora_finetune", "lorahub_ngopt",
            "lorahub_singles_cma_2actors_equal_time"]
+# the optimizer panel's real world (benchmarks/panel.py): every registered optimizer at the reference's wall-clock
+PANEL_METHODS = ["zero_shot", "best_single", "lorahub_ngopt",
+                 *(search_method_name(name, equal_time=True) for name in OPTIMIZERS if name != "ngopt")]
 RESULTS = Path(__file__).parent / "results"
 # ---------------------------------------------------------------------------------------------------------
 
@@ -99,9 +112,10 @@ def cases(world: Path, manifest: dict, tasks: list[str], seeds: list[int], test_
                                        finetune_steps=FINETUNE_STEPS, finetune_lr=FINETUNE_LR)
 
 
-def previous_runs(name: str, test_size: int) -> tuple[dict[tuple[str, int], dict], float]:
-    """Rows measured earlier with the same test size, by (subtask, seed): the results written under ``name`` and
-    any shard files saved under it; and the wall time of the written results. A rerun skips these cases."""
+def previous_runs(name: str, test_size: int, methods: list[str]) -> tuple[dict[tuple[str, int], dict], float]:
+    """Rows measured earlier with the same test size and methods, by (subtask, seed): the results written under
+    ``name`` and any shard files saved under it; and the wall time of the written results. A rerun skips these
+    cases."""
     rows, wall = [], 0.0
     written = RESULTS / f"{name}.json"
     if written.is_file():
@@ -110,7 +124,7 @@ def previous_runs(name: str, test_size: int) -> tuple[dict[tuple[str, int], dict
             rows, wall = result["runs"], result["wall_seconds"]
     for part in sorted(RESULTS.glob(f"{name}.shard-*-of-*.json")):
         rows += json.loads(part.read_text())["rows"]
-    return {(row["task"], row["seed"]): row for row in rows}, wall
+    return {(row["task"], row["seed"]): row for row in rows if list(row["accuracy"]) == methods}, wall
 
 
 def plot(em: dict, option: dict, path: Path) -> None:
@@ -145,10 +159,17 @@ def main() -> None:
                              "give it to side-by-side shards with --speedup)")
     parser.add_argument("--shard", default=None, help="I/N: run only every N-th case from the I-th, save its rows")
     parser.add_argument("--combine", type=int, default=None, help="N: summarise the rows saved by N shards")
-    parser.add_argument("--name", default="world", help="results file name under benchmarks/results")
+    parser.add_argument("--methods", nargs="+", default=METHODS,
+                        help=f"methods to run (default: {' '.join(METHODS)}; the optimizer panel's: --panel)")
+    parser.add_argument("--panel", action="store_true",
+                        help=f"the optimizer panel's methods ({' '.join(PANEL_METHODS)}), written as world_panel")
+    parser.add_argument("--name", default=None,
+                        help="results file name under benchmarks/results (default: world, or world_panel)")
     parser.add_argument("--fresh", action="store_true",
                         help="rerun every case (default: keep the cases already in the results or saved shards)")
     args = parser.parse_args()
+    methods = PANEL_METHODS if args.panel else args.methods
+    args.name = args.name or ("world_panel" if args.panel else "world")
     require(__file__, ("matplotlib",))
     manifest = load_world(args.world)
     tasks = args.tasks or [e["task"] for e in manifest["heldout"]]
@@ -157,7 +178,7 @@ def main() -> None:
     seeds = SEEDS[: args.seeds]
     shard = parse_shard(args.shard)
     runs, started, speedup = [], time.time(), args.speedup
-    done, earlier_wall = ({}, 0.0) if args.fresh else previous_runs(args.name, args.test_size)
+    done, earlier_wall = ({}, 0.0) if args.fresh else previous_runs(args.name, args.test_size, methods)
     todo = [] if args.combine is not None else cases(args.world, manifest, tasks, seeds, args.test_size, shard)
     for number, task, seed, case in todo:
         if (task, seed) in done and not args.measure_speedup:
@@ -173,7 +194,7 @@ def main() -> None:
                 speedup = measured_speedup(case)
             print(f"2 actors: {speedup:.2f}x the sequential evaluation rate on this machine", flush=True)
         case_start = time.time()
-        outcome = run_methods(case, METHODS, budget=BUDGET, speedup=speedup)
+        outcome = run_methods(case, methods, budget=BUDGET, speedup=speedup)
         runs.append({"case": number, "task": task, "seed": seed, "speedup": speedup, **baselines(case.test),
                      "seconds": round(time.time() - case_start, 1), **outcome})
         line = "  ".join(f"{m} {a:5.1f}" + (f"/{outcome['option_accuracy'][m]:5.1f}" if case.options else "")

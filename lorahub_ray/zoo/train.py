@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from actors.examples import TokenRow, collate, example_ids
+from actors.model import quiet_loading
 
 LORA_INIT_SEED = 1234  # every module starts from the same LoRA initialisation (LoraHub's recipe)
 # T5 sees positions only through a scalar bias per head and distance bucket, initialised near 0; with AdamW's
@@ -119,7 +120,8 @@ def train_lora(
     """A LoRA module trained on ``examples`` over a copy of ``base`` (left untouched); returns (model, final loss)."""
     model = copy.deepcopy(base)
     torch.manual_seed(LORA_INIT_SEED)  # identical initial A matrices for every module
-    peft_model = get_peft_model(model, lora_config(target_modules, rank))
+    with quiet_loading():
+        peft_model = get_peft_model(model, lora_config(target_modules, rank))
     pool = [example_ids(tokenizer, ex, bool(base.config.is_encoder_decoder)) for ex in examples]
 
     def sample(rng: random.Random) -> list[TokenRow]:

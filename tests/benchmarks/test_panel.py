@@ -60,6 +60,11 @@ def test_worlds_are_read_from_each_benchmarks_results(tmp_path):
     assert worlds["zoo/t5"] == {"ngopt": {1: 31.0}, "cma": {1: 28.0, 2: 33.0}}
     assert worlds["real/smollm2"] == {"ngopt": {1: 40.0}, "singles-cma": {2: 45.0}}
     assert "zoo/llama" not in worlds
+    (tmp_path / "world_panel.json").write_text(json.dumps({"exact_match": {  # the panel's run is read first
+        "lorahub_ngopt": {"avg": 41.0}, "lorahub_probes_cma_2actors_equal_time": {"avg": 44.0},
+        "lorahub_cma_2actors_equal_time": {"avg": 43.0}, "best_single": {"avg": 39.0}}}))
+    assert panel.load_worlds(tmp_path)["real/smollm2"] == {"ngopt": {1: 41.0}, "probes-cma": {2: 44.0},
+                                                           "cma": {2: 43.0}}
 
 
 def test_zoo_runs_of_different_optimizers_merge_and_must_share_the_reference(tmp_path):

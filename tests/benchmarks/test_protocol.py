@@ -78,3 +78,14 @@ def test_world_baselines_are_the_label_prior_and_chance():
 def test_in_context_demonstrations_join_input_and_output_once():
     assert protocol._demonstration({"input": "Q: x\nA:", "output": " (A)"}) == "Q: x\nA: (A)\n\n"
     assert protocol._demonstration({"input": "task: x", "output": "y"}) == "task: x y\n\n"
+
+
+def test_search_methods_name_every_registered_optimizer_and_nothing_else():
+    from lorahub_ray.optimizers import OPTIMIZERS
+
+    for name in OPTIMIZERS:
+        for equal_time in (False, True):
+            assert protocol.search_method(protocol.search_method_name(name, equal_time)) == (name, equal_time)
+    assert protocol.search_method("lorahub_probes_cma_2actors_equal_time") == ("probes-cma", True)
+    for method in ("zero_shot", "lorahub_unknown", "ngopt", "lorahub_"):
+        assert protocol.search_method(method) is None

@@ -63,7 +63,9 @@ def test_a_rerun_keeps_the_cases_of_earlier_results_with_the_same_settings(tmp_p
     (tmp_path / "w.json").write_text(json.dumps({"test_size": 20, "budget": world.BUDGET, "wall_seconds": 9.0,
                                                  "runs": [row]}))
     (tmp_path / "w.shard-1-of-2.json").write_text(json.dumps({"wall_seconds": 1.0, "rows": [{**row, "seed": 2}]}))
-    kept, wall = world.previous_runs("w", 20)
+    kept, wall = world.previous_runs("w", 20, ["zero_shot"])
     assert set(kept) == {("navigate", 1), ("navigate", 2)} and wall == 9.0
-    kept, wall = world.previous_runs("w", 40)  # another test size: only the shard saved under the name
+    kept, wall = world.previous_runs("w", 40, ["zero_shot"])  # another test size: only the shard saved under the name
     assert set(kept) == {("navigate", 2)} and wall == 0.0
+    kept, _ = world.previous_runs("w", 20, ["zero_shot", "best_single"])  # other methods: nothing is kept
+    assert kept == {}
