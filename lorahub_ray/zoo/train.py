@@ -73,7 +73,7 @@ def _fit(
         opt.step()
         if step >= steps - max(1, steps // 10):
             tail.append(loss.item())
-        if progress and step % 50 == 0:
+        if progress and step % max(1, steps // 20) == 0:  # about 20 loss readings whatever the length
             bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     return float(sum(tail) / len(tail)) if tail else float("nan")
