@@ -188,6 +188,18 @@ def test_a_world_builds_on_a_local_base_and_resumes_module_by_module(tiny_world)
 
 
 @pytest.mark.slow
+def test_a_module_that_ties_the_base_is_not_a_specialist(tiny_world, tmp_path, monkeypatch):
+    from lorahub_ray.zoo import world as world_module
+
+    monkeypatch.setattr(world_module, "task_score", lambda model, tokenizer, examples: 27.5)  # 11 of 40, both
+    config = WorldConfig(**{**tiny_world["config"].__dict__, "doublings": 0})
+    manifest = build_world(tmp_path / "world", config, sdist=tiny_world["sdist"], base=tiny_world["base"],
+                           progress=False)
+    assert [(m["base_dev"], m["module_dev"], m["specialist"]) for m in manifest["modules"]] == [(27.5, 27.5, False)] * 2
+    assert manifest["specialists"] == 0
+
+
+@pytest.mark.slow
 def test_the_world_demo_composes_for_a_held_out_subtask(tiny_world, tmp_path):
     from lorahub_ray.config import PoolConfig
     from lorahub_ray.demo import run_world_demo
