@@ -136,6 +136,8 @@ def plot(worlds: Mapping[str, Scores], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = sorted({name for scores in worlds.values() for name in scores} - {REFERENCE})
+    colours = dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"]))  # one colour per optimizer
     fig, axes = plt.subplots(1, len(worlds), figsize=(4.2 * len(worlds), 3.6), squeeze=False)
     for ax, (world, scores) in zip(axes[0], worlds.items()):
         for name, by_k in sorted(scores.items()):
@@ -143,7 +145,7 @@ def plot(worlds: Mapping[str, Scores], path: Path) -> None:
                 ax.axhline(by_k[1], color="black", linestyle="--", linewidth=1, label=f"{name} (sequential)")
             else:
                 ks = sorted(by_k)
-                ax.plot(ks, [by_k[k] for k in ks], marker="o", label=name)
+                ax.plot(ks, [by_k[k] for k in ks], marker="o", label=name, color=colours[name])
         ax.set_xscale("log", base=2)
         ax.set_title(world)
         ax.set_xlabel("actors (equal wall-clock)")
