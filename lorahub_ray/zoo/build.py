@@ -278,17 +278,18 @@ def _variant_train(task: Task, split: dict, cfg: ZooSize, seed: int, variant: in
     return draw_distinct(task, cfg.n_train, random.Random(stable_seed(task.name, seed, f"train-v{variant}")), taken)
 
 
-def train_specialist(train, score, base_dev: float | None, steps: int, doublings: int):
+def train_specialist(train, score, base_dev: float | None, steps: int, doublings: int, perfect: float = 1.0):
     """Train a module with ``train(steps) -> (model, loss)``; while ``score(model)`` (its dev accuracy) does not beat
     ``base_dev``, train again from the start with twice the steps, at most ``doublings`` times. No dev examples
-    (``base_dev`` None) or a perfect base leave the first training as it is.
+    (``base_dev`` None) or a perfect base (``base_dev >= perfect``: 1.0 for fractions, 100 for percent) leave the
+    first training as it is.
 
     Returns (model, loss, steps, dev accuracy or None).
     """
     while True:
         model, loss = train(steps)
         dev = None if base_dev is None else score(model)
-        if dev is None or dev > base_dev or base_dev >= 1.0 or doublings == 0:
+        if dev is None or dev > base_dev or base_dev >= perfect or doublings == 0:
             return model, loss, steps, dev
         steps, doublings = steps * 2, doublings - 1
 

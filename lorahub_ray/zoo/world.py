@@ -260,14 +260,8 @@ def _module(out: Path, config: WorldConfig, task: str, examples: list[dict], bas
         return train_lora(base, tokenizer, train, config.targets, config.rank, steps, config.batch_size, config.lr,
                           seed=_fingerprint_int(task, config.seed), progress=progress, desc=f"{name} ({steps} steps)")
 
-    dev_scores = []  # in %, as task_score gives them: a tie with the base must stay a tie (no /100 * 100 round trip)
-
-    def dev_fraction(model) -> float:
-        dev_scores.append(task_score(model.eval(), tokenizer, dev))
-        return dev_scores[-1] / 100
-
-    model, loss, steps, _ = train_specialist(fit, dev_fraction, base_dev / 100, config.steps, config.doublings)
-    module_dev = dev_scores[-1]
+    model, loss, steps, module_dev = train_specialist(fit, lambda m: task_score(m.eval(), tokenizer, dev), base_dev,
+                                                      config.steps, config.doublings, perfect=100.0)  # all in %
     meta = {"key": key, "task": task, "path": rel, "steps": steps, "final_loss": loss, "base_dev": base_dev,
             "module_dev": module_dev, "specialist": module_dev > base_dev,
             "dev_metric": "option accuracy" if "options" in dev[0] else "exact match", "dev_size": len(dev),

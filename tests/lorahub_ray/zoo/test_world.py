@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -192,7 +193,7 @@ def test_a_module_that_ties_the_base_is_not_a_specialist(tiny_world, tmp_path, m
     from lorahub_ray.zoo import world as world_module
 
     monkeypatch.setattr(world_module, "task_score", lambda model, tokenizer, examples: 27.5)  # 11 of 40, both
-    config = WorldConfig(**{**tiny_world["config"].__dict__, "doublings": 0})
+    config = dataclasses.replace(tiny_world["config"], doublings=0)
     manifest = build_world(tmp_path / "world", config, sdist=tiny_world["sdist"], base=tiny_world["base"],
                            progress=False)
     assert [(m["base_dev"], m["module_dev"], m["specialist"]) for m in manifest["modules"]] == [(27.5, 27.5, False)] * 2
