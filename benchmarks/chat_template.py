@@ -3,7 +3,8 @@ BBH subtasks, each input as given (the project's convention) and wrapped in the 
 
     python benchmarks/chat_template.py [--world DIR] [--tasks ...] [--examples 40]
 
-Scores: exact match (generation stops at the end token; budget = longest answer + 8 tokens) and option accuracy.
+Scores: exact match (generation stops at the end token; budget = longest answer + 8 tokens) and option accuracy,
+beside the majority class (and, for multiple choice, chance) of the same examples.
 Writes benchmarks/results/chat_template.json.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from world import built_world, load_world  # noqa: E402
+from world import baselines, built_world, load_world  # noqa: E402
 
 from lorahub_ray.data import load_examples  # noqa: E402
 from lorahub_ray.evaluate import exact_match, load_model, option_accuracy  # noqa: E402
@@ -52,7 +53,7 @@ def main() -> None:
     rows, started = [], time.time()
     for task in args.tasks:
         raw = load_examples(paths[task])[: args.examples]
-        row = {"task": task}
+        row = {"task": task, **baselines(raw)}
         for name, examples in (("raw", raw), ("chat", [chat(tokenizer, ex) for ex in raw])):
             row[name] = {"exact_match": exact_match(model, tokenizer, examples).accuracy}
             if "options" in raw[0]:
@@ -61,6 +62,9 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     summary = {name: {metric: float(np.mean([r[name][metric] for r in rows if metric in r[name]]))
                       for metric in ("exact_match", "option_accuracy")} for name in ("raw", "chat")}
+    summary["majority_class"] = {  # beside exact match (every subtask) and option accuracy (multiple choice)
+        "every_subtask": float(np.mean([r["majority"] for r in rows])),
+        "multiple_choice": float(np.mean([r["majority"] for r in rows if "chance" in r] or [np.nan]))}
     print(json.dumps(summary, indent=1))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "chat_template.json").write_text(json.dumps({
