@@ -6,11 +6,12 @@ Worlds and their scores (higher is better), each measured by its own benchmark:
 - planted/<base>: benchmarks/planted.py, mean held-out loss gap closed over the planted kinds and seeds;
 - zoo/<base>: benchmarks/optimizers.py, mean held-out exact match over the zoo's held-out tasks and seeds (several
   runs with different --optimizers merged, see ZOO_RESULTS);
-- real/smollm2: benchmarks/world.py --panel (world_panel.json; else world.json, which measures two optimizers and
-  ranks nothing), mean held-out exact match over the BBH subtasks and seeds (SmolLM2-135M, modules of the other
-  BBH tasks).
+- real/smollm2: benchmarks/world.py --panel (world_panel.json, merged with world_panel_<name>.json runs that add
+  actors or optimizers; else world.json, which measures two optimizers and ranks nothing), mean held-out exact match
+  over the BBH subtasks and seeds (SmolLM2-135M, modules of the other BBH tasks); the optimizers on k actors and the
+  reference over the cases measured at k.
 In every world the reference (sequential NGOpt, 40 evaluations) sets the time and an optimizer on k actors spends
-40·k evaluations. The default is the optimizer with the best worst-case standing (its rank among the optimizers a
+40·k evaluations (the real world: 40 times its measured speed-up at k = 2). The default is the optimizer with the best worst-case standing (its rank among the optimizers a
 world measured, 1 = best) over the worlds that rank at k = 2, ties broken by the mean standing.
 Writes benchmarks/results/panel.json and panel.png.
 """
@@ -28,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from needs import require  # noqa: E402
-from protocol import search_method  # noqa: E402
+from protocol import search_method, search_method_name  # noqa: E402
 
 from lorahub_ray.optimizers import DEFAULT_OPTIMIZER, OPTIMIZERS  # noqa: E402
 
@@ -38,7 +39,9 @@ REFERENCE = "ngopt"
 ZOO_RESULTS = {"t5": ("optimizers.json", "optimizers_t5_probes.json", "optimizers_t5_portfolio.json"),
                "llama": ("optimizers_llama.json", "optimizers_llama_portfolio.json")}
 REFERENCE_TOLERANCE = 0.5  # points of mean exact match two runs of the same cases may differ by
-REAL_WORLD_RESULTS = ("world_panel.json", "world.json")  # the first present is read
+# real/smollm2 merges the panel's runs (world_panel.json, and world_panel_<name>.json from runs that add more actors
+# or optimizers to some of its cases); without them it reads world.json
+REAL_WORLD_RESULTS = (("world_panel.json", "world_panel_*.json"), ("world.json",))
 
 Scores = dict[str, dict[int, float]]  # optimizer -> actors -> score
 
@@ -78,20 +81,50 @@ def zoo_world(results: Sequence[Mapping], base: str) -> dict[str, Scores]:
     return {f"zoo/{base}": scores}
 
 
-def real_world(result: Mapping) -> dict[str, Scores]:
-    """real/smollm2: mean exact match of every search the results hold, an equal-time one at 2 actors."""
+def real_world(results: Sequence[Mapping]) -> dict[str, Scores]:
+    """real/smollm2: mean exact match (over subtasks, of the mean over seeds) of every search, by its number of
+    actors, from world.py runs merged by case (subtask and seed; a method measured twice must agree within
+    `REFERENCE_TOLERANCE`). The optimizers on k actors are averaged over the cases that measured all of them and the
+    reference; the reference's score at k is its own over those same cases (at 1: over its k = 1 cases), so that a
+    panel run for more actors on fewer subtasks is compared like with like."""
+    merged: dict[tuple[str, int], dict[str, float]] = {}
+    for result in results:
+        for row in result["runs"]:
+            case = merged.setdefault((row["task"], row["seed"]), {})
+            for method, value in row["accuracy"].items():
+                if method in case and abs(case[method] - value) > REFERENCE_TOLERANCE:
+                    raise ValueError(f"real/smollm2: the results files disagree on {method} for {row['task']} "
+                                     f"seed {row['seed']} ({case[method]} vs {value})")
+                case.setdefault(method, value)
+    by_actors: dict[int, dict[str, str]] = {}  # actors -> optimizer -> method
+    for accuracy in merged.values():
+        for method in accuracy:
+            if search := search_method(method):
+                by_actors.setdefault(search[1], {})[search[0]] = method
     scores: Scores = {}
-    for method, figures in result["exact_match"].items():
-        if search := search_method(method):
-            name, equal_time = search
-            scores.setdefault(name, {})[2 if equal_time else 1] = figures["avg"]
+    reference = search_method_name(REFERENCE)
+    for k, methods in sorted(by_actors.items()):
+        needed = {*methods.values(), reference}
+        cases = [(case, accuracy) for case, accuracy in merged.items() if needed <= accuracy.keys()]
+        for name, method in {**methods, REFERENCE: reference}.items():
+            per_task: dict[str, list[float]] = {}
+            for (task, _), accuracy in cases:
+                per_task.setdefault(task, []).append(accuracy[method])
+            if per_task:
+                scores.setdefault(name, {})[k] = float(np.mean([np.mean(v) for v in per_task.values()]))
     return {"real/smollm2": scores}
 
 
+def reference_at(by_k: Mapping[int, float], k: int) -> float | None:
+    """The sequential reference's score to set against ``k`` actors: its own at its one actor (the same
+    wall-clock), over the same cases where a world measured more actors on fewer cases (`real_world`)."""
+    return by_k.get(k, by_k.get(1))
+
+
 def at_actors(scores: Scores, k: int) -> dict[str, float]:
-    """Each optimizer's score at ``k`` actors; the sequential reference at its one actor (the same wall-clock)."""
-    return {name: by_k[1 if name == REFERENCE else k] for name, by_k in scores.items()
-            if (1 if name == REFERENCE else k) in by_k}
+    """Each optimizer's score at ``k`` actors, the sequential reference's by `reference_at`."""
+    found = {name: reference_at(by_k, k) if name == REFERENCE else by_k.get(k) for name, by_k in scores.items()}
+    return {name: score for name, score in found.items() if score is not None}
 
 
 def standings(scores: Mapping[str, float]) -> dict[str, int]:
@@ -124,7 +157,7 @@ def margins(worlds: Mapping[str, Scores], name: str, k: int) -> dict[str, float 
     """``name`` on ``k`` actors minus the reference, per world (None where either was not measured)."""
     out: dict[str, float | None] = {}
     for world, scores in worlds.items():
-        own, reference = scores.get(name, {}).get(k), scores.get(REFERENCE, {}).get(1)
+        own, reference = scores.get(name, {}).get(k), reference_at(scores.get(REFERENCE, {}), k)
         out[world] = None if own is None or reference is None else own - reference
     return out
 
@@ -141,8 +174,12 @@ def plot(worlds: Mapping[str, Scores], path: Path) -> None:
     fig, axes = plt.subplots(1, len(worlds), figsize=(4.2 * len(worlds), 3.6), squeeze=False)
     for ax, (world, scores) in zip(axes[0], worlds.items()):
         for name, by_k in sorted(scores.items()):
-            if name == REFERENCE:
+            if name == REFERENCE and len(by_k) == 1:
                 ax.axhline(by_k[1], color="black", linestyle="--", linewidth=1, label=f"{name} (sequential)")
+            elif name == REFERENCE:  # its own score over the cases each number of actors measured
+                ks = sorted(by_k)
+                ax.plot(ks, [by_k[k] for k in ks], color="black", linestyle="--", linewidth=1, marker="x",
+                        label=f"{name} (sequential, same cases)")
             else:
                 ks = sorted(by_k)
                 ax.plot(ks, [by_k[k] for k in ks], marker="o", label=name, color=colours[name])
@@ -164,9 +201,10 @@ def load_worlds(results: Path) -> dict[str, Scores]:
         present = [json.loads((results / name).read_text()) for name in names if (results / name).is_file()]
         if present:
             worlds.update(zoo_world(present, base))
-    for name in REAL_WORLD_RESULTS:
-        if (results / name).is_file():
-            worlds.update(real_world(json.loads((results / name).read_text())))
+    for patterns in REAL_WORLD_RESULTS:
+        if present := [path for pattern in patterns for path in sorted(results.glob(pattern))
+                       if ".shard-" not in path.name]:  # a shard's rows are in its combined file
+            worlds.update(real_world([json.loads(path.read_text()) for path in present]))
             break
     return worlds
 

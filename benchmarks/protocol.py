@@ -8,6 +8,7 @@ exactly as the search's actors apply them, and scored by greedy generation.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -148,28 +149,43 @@ def equal_time_budget(budget: int, speedup: float, actors: int = 2) -> int:
     return max(budget, int(budget * min(speedup, actors)))
 
 
-EQUAL_TIME = "_2actors_equal_time"
+def actors_budget(budget: int, actors: int, speedup: float) -> int:
+    """Evaluations ``actors`` actors do in the time of ``budget`` sequential ones: the budget itself for one, the
+    measured 2-actor ``speedup`` for two (`equal_time_budget`), and ``budget * actors`` for more (simulated by the
+    evaluation count, as in optimizers.py: 2 cores cannot run more actors at full speed)."""
+    if actors < 1:
+        raise ValueError(f"actors must be at least 1, got {actors}")
+    return budget if actors == 1 else equal_time_budget(budget, speedup) if actors == 2 else budget * actors
 
 
-def search_method(method: str) -> tuple[str, bool] | None:
-    """A search method's (optimizer, whether it gets the 2-actor equal-time budget): ``lorahub_<optimizer>`` and
-    ``lorahub_<optimizer>_2actors_equal_time`` for every registered optimizer (``-`` written ``_``); None for a
-    method that is not a search."""
-    equal_time = method.endswith(EQUAL_TIME)
-    name = method.removeprefix("lorahub_").removesuffix(EQUAL_TIME).replace("_", "-")
-    return (name, equal_time) if method.startswith("lorahub_") and name in OPTIMIZERS else None
+EQUAL_TIME = re.compile(r"_(\d+)actors_equal_time$")
 
 
-def search_method_name(optimizer: str, equal_time: bool) -> str:
+def search_method(method: str) -> tuple[str, int] | None:
+    """A search method's (optimizer, actors): ``lorahub_<optimizer>`` (sequential, the reference's budget: 1 actor)
+    and ``lorahub_<optimizer>_<k>actors_equal_time`` (the budget of k actors in the reference's wall-clock, see
+    `actors_budget`) for every registered optimizer (``-`` written ``_``); None for a method that is not a search."""
+    if not method.startswith("lorahub_"):
+        return None
+    stem, actors = method.removeprefix("lorahub_"), 1
+    if match := EQUAL_TIME.search(stem):
+        stem, actors = stem[: match.start()], int(match.group(1))
+        if actors < 2:  # one actor is the sequential search, named without the suffix
+            return None
+    name = stem.replace("_", "-")
+    return (name, actors) if name in OPTIMIZERS else None
+
+
+def search_method_name(optimizer: str, actors: int = 1) -> str:
     """The method name `search_method` reads back."""
-    return "lorahub_" + optimizer.replace("-", "_") + (EQUAL_TIME if equal_time else "")
+    return "lorahub_" + optimizer.replace("-", "_") + (f"_{actors}actors_equal_time" if actors > 1 else "")
 
 
 def run_methods(case: Case, methods: Sequence[str], budget: int = 40, speedup: float = 1.0) -> dict:
     """Every requested method's exact match (``accuracy``) on ``case``, its option accuracy (``option_accuracy``,
     when the case has options), and the searches' convergence.
 
-    Equal-time methods get `equal_time_budget` evaluations (``speedup``: the measured 2-actor speed-up). A search's
+    A search on k actors gets `actors_budget` evaluations (``speedup``: the measured 2-actor speed-up). A search's
     result does not depend on the number of actors (tested), so they run in this process with that budget.
     """
     scores: dict = {}
@@ -181,8 +197,8 @@ def run_methods(case: Case, methods: Sequence[str], budget: int = 40, speedup: f
         if method in simple:
             measured = simple[method](case)
         elif search := search_method(method):
-            optimizer, equal_time = search
-            run = lorahub_search(case, optimizer, equal_time_budget(budget, speedup) if equal_time else budget)
+            optimizer, actors = search
+            run = lorahub_search(case, optimizer, actors_budget(budget, actors, speedup))
             measured = case.scores(np.array(min(run.history, key=lambda e: e.score).weights))
             curves[method] = run.best_scores()
         else:

@@ -10,6 +10,13 @@
 A rerun with the same test size keeps the cases already in the results file or in saved shards (``--fresh`` reruns
 them), so the subtasks can be covered a few at a time.
 
+The optimizer panel (``--panel``, written as world_panel): the baselines, the reference and every other registered
+optimizer at the reference's wall-clock on ``--actors`` actors (default 2). A run that adds methods to some of its
+cases goes under its own name and ``benchmarks/panel.py`` merges it by case, e.g. the default on 8 actors:
+
+    python benchmarks/world.py --world W --speedup S --methods lorahub_probes_cma_8actors_equal_time \
+        --name world_panel_k8 --tasks ... --shard 0/2 &             # and --shard 1/2 beside it, then --combine 2
+
 Per subtask and seed: 5 random examples of the subtask are the few-shot set, the next ``--test-size`` the test set
 (disjoint), and 20 random modules of the pool the candidates (in the bbh world, the pool leaves out the modules of the
 subtask's own BBH task). Methods: zero-shot, in-context (the 5 examples in the
@@ -61,9 +68,16 @@ BUDGET = 40
 FINETUNE_STEPS, FINETUNE_LR = 40, 2e-3  # LoRA on the 5 examples: 40 full-batch steps (100 take ~2 min a case)
 METHODS = ["zero_shot", "in_context", "best_single", "uniform", "lora_finetune", "lorahub_ngopt",
            "lorahub_singles_cma_2actors_equal_time"]
-# the optimizer panel's real world (benchmarks/panel.py): every registered optimizer at the reference's wall-clock
-PANEL_METHODS = ["zero_shot", "best_single", "lorahub_ngopt",
-                 *(search_method_name(name, equal_time=True) for name in OPTIMIZERS if name != "ngopt")]
+PANEL_ACTORS = [2]
+
+
+def panel_methods(actors: list[int]) -> list[str]:
+    """The optimizer panel's real world (benchmarks/panel.py): the baselines, the reference, and every other
+    registered optimizer on each of ``actors`` actors at the reference's wall-clock."""
+    return ["zero_shot", "best_single", "lorahub_ngopt",
+            *(search_method_name(name, k) for k in actors for name in OPTIMIZERS if name != "ngopt")]
+
+
 RESULTS = Path(__file__).parent / "results"
 # ---------------------------------------------------------------------------------------------------------
 
@@ -162,13 +176,17 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=METHODS,
                         help=f"methods to run (default: {' '.join(METHODS)}; the optimizer panel's: --panel)")
     parser.add_argument("--panel", action="store_true",
-                        help=f"the optimizer panel's methods ({' '.join(PANEL_METHODS)}), written as world_panel")
+                        help=f"the optimizer panel's methods ({' '.join(panel_methods(PANEL_ACTORS))}), written "
+                             "as world_panel")
+    parser.add_argument("--actors", type=int, nargs="+", default=PANEL_ACTORS,
+                        help="with --panel: the numbers of actors whose equal-time budget each optimizer gets "
+                             f"(default: {PANEL_ACTORS}; 1 is the reference's budget, more than 2 are simulated)")
     parser.add_argument("--name", default=None,
                         help="results file name under benchmarks/results (default: world, or world_panel)")
     parser.add_argument("--fresh", action="store_true",
                         help="rerun every case (default: keep the cases already in the results or saved shards)")
     args = parser.parse_args()
-    methods = PANEL_METHODS if args.panel else args.methods
+    methods = panel_methods(args.actors) if args.panel else args.methods
     args.name = args.name or ("world_panel" if args.panel else "world")
     require(__file__, ("matplotlib",))
     manifest = load_world(args.world)

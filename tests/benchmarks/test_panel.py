@@ -52,19 +52,41 @@ def test_worlds_are_read_from_each_benchmarks_results(tmp_path):
         {"base": "llama", "runs": [run("cma", 2, 0.9)]}]}))
     (tmp_path / "optimizers.json").write_text(json.dumps({"summary": {
         "ngopt": {"1": {"accuracy": 31.0}}, "cma": {"1": {"accuracy": 28.0}, "2": {"accuracy": 33.0}}}}))
-    (tmp_path / "world.json").write_text(json.dumps({"exact_match": {
-        "lorahub_ngopt": {"avg": 40.0}, "lorahub_singles_cma_2actors_equal_time": {"avg": 45.0}, "zero_shot": {}}}))
+    (tmp_path / "world.json").write_text(json.dumps({"runs": [
+        {"task": "a", "seed": 1, "accuracy": {"lorahub_ngopt": 40.0, "lorahub_singles_cma_2actors_equal_time": 45.0,
+                                              "zero_shot": 0.0}}]}))
     worlds = panel.load_worlds(tmp_path)
     assert worlds["planted/t5"] == {"ngopt": {1: pytest.approx(0.3)}, "cma": {2: pytest.approx(0.5)}}
     assert worlds["planted/llama"] == {"cma": {2: 0.9}}
     assert worlds["zoo/t5"] == {"ngopt": {1: 31.0}, "cma": {1: 28.0, 2: 33.0}}
-    assert worlds["real/smollm2"] == {"ngopt": {1: 40.0}, "singles-cma": {2: 45.0}}
+    assert worlds["real/smollm2"] == {"ngopt": {1: 40.0, 2: 40.0}, "singles-cma": {2: 45.0}}
     assert "zoo/llama" not in worlds
-    (tmp_path / "world_panel.json").write_text(json.dumps({"exact_match": {  # the panel's run is read first
-        "lorahub_ngopt": {"avg": 41.0}, "lorahub_probes_cma_2actors_equal_time": {"avg": 44.0},
-        "lorahub_cma_2actors_equal_time": {"avg": 43.0}, "best_single": {"avg": 39.0}}}))
-    assert panel.load_worlds(tmp_path)["real/smollm2"] == {"ngopt": {1: 41.0}, "probes-cma": {2: 44.0},
+    (tmp_path / "world_panel.json").write_text(json.dumps({"runs": [  # the panel's run is read first
+        {"task": "a", "seed": 1, "accuracy": {"lorahub_ngopt": 41.0, "lorahub_probes_cma_2actors_equal_time": 44.0,
+                                              "lorahub_cma_2actors_equal_time": 43.0, "best_single": 39.0}}]}))
+    (tmp_path / "world_panel.shard-0-of-2.json").write_text("not read: a shard's rows are in its combined file")
+    assert panel.load_worlds(tmp_path)["real/smollm2"] == {"ngopt": {1: 41.0, 2: 41.0}, "probes-cma": {2: 44.0},
                                                            "cma": {2: 43.0}}
+
+
+def test_real_world_runs_merge_by_case_and_compare_each_number_of_actors_on_its_own_cases(tmp_path):
+    def row(task, seed, **accuracy):
+        return {"task": task, "seed": seed, "accuracy": {f"lorahub_{m}": v for m, v in accuracy.items()}}
+
+    (tmp_path / "world_panel.json").write_text(json.dumps({"runs": [  # two subtasks, one with two seeds
+        row("a", 1, ngopt=40.0, probes_cma_2actors_equal_time=50.0, cma_2actors_equal_time=30.0),
+        row("a", 2, ngopt=60.0, probes_cma_2actors_equal_time=50.0, cma_2actors_equal_time=70.0),
+        row("b", 1, ngopt=20.0, probes_cma_2actors_equal_time=40.0, cma_2actors_equal_time=20.0)]}))
+    (tmp_path / "world_panel_k8.json").write_text(json.dumps({"runs": [  # 8 actors on subtask a's seed 1 only
+        row("a", 1, probes_cma_8actors_equal_time=70.0, ngopt=40.0)]}))
+    real = panel.load_worlds(tmp_path)["real/smollm2"]
+    assert real["probes-cma"] == {2: 45.0, 8: 70.0}, "mean over subtasks of the mean over seeds; k = 8 on its case"
+    assert real["ngopt"] == {1: 35.0, 2: 35.0, 8: 40.0}, "the reference over the cases each k measured"
+    assert panel.margins({"real": real}, "probes-cma", 8) == {"real": 30.0}
+    assert panel.margins({"real": real}, "probes-cma", 2) == {"real": 10.0}
+    (tmp_path / "world_panel_k8.json").write_text(json.dumps({"runs": [row("a", 1, ngopt=45.0)]}))
+    with pytest.raises(ValueError, match="real/smollm2: the results files disagree on lorahub_ngopt for a seed 1"):
+        panel.load_worlds(tmp_path)
 
 
 def test_zoo_runs_of_different_optimizers_merge_and_must_share_the_reference(tmp_path):

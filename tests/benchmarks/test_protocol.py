@@ -10,24 +10,26 @@ import protocol  # noqa: E402
 from tests.conftest import EXAMPLES  # noqa: E402
 
 
-def test_equal_time_searches_get_the_speedup_times_the_reference_budget(t5_world, monkeypatch):
+def test_searches_on_k_actors_get_their_equal_time_budget(t5_world, monkeypatch):
     case = protocol.Case(t5_world["base"], t5_world["modules"][:2], EXAMPLES[:3],
                          EXAMPLES[3:5], seed=1, max_new_tokens=4)
     scored = []  # (weights, accuracy) of every accuracy the protocol measures
     accuracy = case.accuracy
     monkeypatch.setattr(case, "accuracy", lambda weights: scored.append((weights, accuracy(weights))) or scored[-1][1])
-    methods = ["lorahub_ngopt", "lorahub_cma_2actors_equal_time", "lorahub_singles_cma_2actors_equal_time"]
+    methods = ["lorahub_ngopt", "lorahub_cma_2actors_equal_time", "lorahub_singles_cma_2actors_equal_time",
+               "lorahub_cma_4actors_equal_time"]
     outcome = protocol.run_methods(case, methods, budget=6, speedup=1.9)
     assert protocol.equal_time_budget(6, 1.9) == 11 and protocol.equal_time_budget(6, 0.7) == 6
     assert protocol.equal_time_budget(6, 2.6) == 12 and protocol.equal_time_budget(6, 2.6, actors=4) == 15
     assert outcome["equal_time_evaluations"] == 11
-    assert {m: len(c) for m, c in outcome["convergence"].items()} == {methods[0]: 6, methods[1]: 11, methods[2]: 11}
+    assert {m: len(c) for m, c in outcome["convergence"].items()} == {methods[0]: 6, methods[1]: 11, methods[2]: 11,
+                                                                       methods[3]: 24}
     for curve in outcome["convergence"].values():
         assert np.all(np.diff(curve) <= 0), "a best-so-far curve never rises"
     # each accuracy is the test exact match of its search's best candidate (the searches re-run: they are seeded)
-    assert len(scored) == 3
+    assert len(scored) == 4
     for method, (weights, accuracy), (optimizer, budget) in zip(methods, scored, [("ngopt", 6), ("cma", 11),
-                                                                                  ("singles-cma", 11)]):
+                                                                                  ("singles-cma", 11), ("cma", 24)]):
         best = min(protocol.lorahub_search(case, optimizer, budget).history, key=lambda e: e.score)
         assert outcome["convergence"][method][-1] == best.score and list(weights) == best.weights
         assert outcome["accuracy"][method] == accuracy
@@ -84,8 +86,19 @@ def test_search_methods_name_every_registered_optimizer_and_nothing_else():
     from lorahub_ray.optimizers import OPTIMIZERS
 
     for name in OPTIMIZERS:
-        for equal_time in (False, True):
-            assert protocol.search_method(protocol.search_method_name(name, equal_time)) == (name, equal_time)
-    assert protocol.search_method("lorahub_probes_cma_2actors_equal_time") == ("probes-cma", True)
-    for method in ("zero_shot", "lorahub_unknown", "ngopt", "lorahub_"):
+        for actors in (1, 2, 4, 8, 16):
+            assert protocol.search_method(protocol.search_method_name(name, actors)) == (name, actors)
+    assert protocol.search_method_name("probes-cma") == "lorahub_probes_cma"
+    assert protocol.search_method("lorahub_probes_cma_2actors_equal_time") == ("probes-cma", 2)
+    assert protocol.search_method("lorahub_singles_cma_8actors_equal_time") == ("singles-cma", 8)
+    for method in ("zero_shot", "lorahub_unknown", "ngopt", "lorahub_", "lorahub_cma_1actors_equal_time",
+                   "lorahub_cma_0actors_equal_time", "lorahub_unknown_2actors_equal_time", "cma_2actors_equal_time"):
         assert protocol.search_method(method) is None
+
+
+def test_a_search_on_k_actors_gets_the_budget_k_actors_spend_in_the_references_time():
+    assert protocol.actors_budget(40, 1, speedup=1.8) == 40
+    assert protocol.actors_budget(40, 2, speedup=1.8) == 72, "two actors: the measured speed-up"
+    assert protocol.actors_budget(40, 4, speedup=1.8) == 160 and protocol.actors_budget(40, 8, 1.8) == 320
+    with pytest.raises(ValueError, match="at least 1"):
+        protocol.actors_budget(40, 0, speedup=1.8)
