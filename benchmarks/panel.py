@@ -11,8 +11,9 @@ Worlds and their scores (higher is better), each measured by its own benchmark:
   over the BBH subtasks and seeds (SmolLM2-135M, modules of the other BBH tasks); the optimizers on k actors and the
   reference over the cases measured at k.
 In every world the reference (sequential NGOpt, 40 evaluations) sets the time and an optimizer on k actors spends
-40·k evaluations (the real world: 40 times its measured speed-up at k = 2). The default is the optimizer with the best worst-case standing (its rank among the optimizers a
-world measured, 1 = best) over the worlds that rank at k = 2, ties broken by the mean standing.
+40·k evaluations (the real world: 40 times its measured speed-up at k = 2). The default is the optimizer with the
+best worst-case standing (its rank among the optimizers a world measured, 1 = best) over the worlds that rank at
+k = 2, ties broken by the mean standing.
 Writes benchmarks/results/panel.json and panel.png.
 """
 

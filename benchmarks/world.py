@@ -68,7 +68,9 @@ BUDGET = 40
 FINETUNE_STEPS, FINETUNE_LR = 40, 2e-3  # LoRA on the 5 examples: 40 full-batch steps (100 take ~2 min a case)
 METHODS = ["zero_shot", "in_context", "best_single", "uniform", "lora_finetune", "lorahub_ngopt",
            "lorahub_singles_cma_2actors_equal_time"]
-PANEL_ACTORS = [2]
+PANEL_ACTORS = [2]  # the optimizer panel's default numbers of actors (--actors)
+RESULTS = Path(__file__).parent / "results"
+# ---------------------------------------------------------------------------------------------------------
 
 
 def panel_methods(actors: list[int]) -> list[str]:
@@ -76,10 +78,6 @@ def panel_methods(actors: list[int]) -> list[str]:
     registered optimizer on each of ``actors`` actors at the reference's wall-clock."""
     return ["zero_shot", "best_single", "lorahub_ngopt",
             *(search_method_name(name, k) for k in actors for name in OPTIMIZERS if name != "ngopt")]
-
-
-RESULTS = Path(__file__).parent / "results"
-# ---------------------------------------------------------------------------------------------------------
 
 
 def built_world() -> Path:

@@ -69,3 +69,13 @@ def test_a_rerun_keeps_the_cases_of_earlier_results_with_the_same_settings(tmp_p
     assert set(kept) == {("navigate", 2)} and wall == 0.0
     kept, _ = world.previous_runs("w", 20, ["zero_shot", "best_single"])  # other methods: nothing is kept
     assert kept == {}
+
+
+def test_the_panel_runs_every_optimizer_but_the_reference_on_each_number_of_actors():
+    from lorahub_ray.optimizers import OPTIMIZERS
+
+    methods = world.panel_methods([1, 8])
+    assert methods[:3] == ["zero_shot", "best_single", "lorahub_ngopt"] and len(methods) == len(set(methods))
+    others = [name for name in OPTIMIZERS if name != "ngopt"]
+    assert {world.search_method_name(name, k) for name in others for k in (1, 8)} == set(methods[3:])
+    assert "lorahub_probes_cma_8actors_equal_time" in methods and "lorahub_ngopt_8actors_equal_time" not in methods
