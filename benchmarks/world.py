@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--panel", action="store_true",
                         help=f"the optimizer panel's methods ({' '.join(panel_methods(PANEL_ACTORS))}), written "
                              "as world_panel")
-    parser.add_argument("--actors", type=int, nargs="+", default=PANEL_ACTORS,
+    parser.add_argument("--actors", type=int, nargs="+", default=None,
                         help="with --panel: the numbers of actors whose equal-time budget each optimizer gets "
                              f"(default: {PANEL_ACTORS}; 1 is the reference's budget, more than 2 are simulated)")
     parser.add_argument("--name", default=None,
@@ -184,7 +184,11 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true",
                         help="rerun every case (default: keep the cases already in the results or saved shards)")
     args = parser.parse_args()
-    methods = panel_methods(args.actors) if args.panel else args.methods
+    if args.actors is not None and not args.panel:
+        parser.error("--actors sets the panel's numbers of actors: use it with --panel (or name the methods)")
+    if args.actors is not None and min(args.actors) < 1:
+        parser.error(f"--actors must be at least 1, got {args.actors}")
+    methods = panel_methods(args.actors or PANEL_ACTORS) if args.panel else args.methods
     args.name = args.name or ("world_panel" if args.panel else "world")
     require(__file__, ("matplotlib",))
     manifest = load_world(args.world)
