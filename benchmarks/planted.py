@@ -33,6 +33,7 @@ import platform
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -93,9 +94,23 @@ def search_plan(optimizers: list[str], actors: list[int]) -> list[tuple[str, int
     return [(name, k, REFERENCE_BUDGET * k) for name in optimizers for k in ([1] if name == REFERENCE else actors)]
 
 
-def run_case(base: str, pool: list[str], inputs: list[str], kind: str, seed: int, plan: list[tuple[str, int, int]],
-             num_modules: int, shots: int = SHOTS) -> dict:
-    """One planted task: the teacher, the few-shot and test examples, every planned search and its scores."""
+@dataclass
+class PlantedTask:
+    """One planted task: the teacher's w*, the few-shot and test examples, and the scorers a search needs."""
+
+    modules: list[str]
+    target: np.ndarray  # w*
+    teacher_mode: str
+    searcher: Worker  # scores candidates on the few-shot examples, in `ab` mode
+    scorer: Worker  # scores a found candidate on the test examples, in `ab` mode
+    base_loss: float  # on the test examples
+    teacher_loss: float
+
+
+def planted_task(base: str, pool: list[str], inputs: list[str], kind: str, seed: int, num_modules: int,
+                 shots: int = SHOTS) -> PlantedTask:
+    """Draw ``num_modules`` of ``pool`` and w* of ``kind`` with ``seed``; the teacher labels ``shots`` few-shot and
+    `TEST` test examples among ``inputs``."""
     rng = np.random.default_rng(seed)
     modules = sorted(rng.choice(pool, size=min(num_modules, len(pool)), replace=False).tolist())
     stack = load_stack(modules)
@@ -108,21 +123,30 @@ def run_case(base: str, pool: list[str], inputs: list[str], kind: str, seed: int
 
     examples = teacher_examples(worker(teacher_mode, placeholder), target, drawn, shots + TEST)
     fewshot, test = examples[:shots], examples[shots:]
-    scorer, searcher = worker("ab", test), worker("ab", fewshot)
-    base_loss = scorer.loss(np.zeros(stack.num_modules))
-    teacher_loss = worker(teacher_mode, test).loss(target)
-    target_score = None if teacher_mode != "ab" else l1_score(searcher.loss(target), target, L1)
-    row = {"kind": kind, "seed": seed, "modules": [Path(m).name for m in modules], "target": target.tolist(),
-           "base_loss": base_loss, "teacher_loss": teacher_loss, "target_fewshot_score": target_score,
+    scorer = worker("ab", test)
+    return PlantedTask(modules, target, teacher_mode, worker("ab", fewshot), scorer,
+                       base_loss=scorer.loss(np.zeros(stack.num_modules)),
+                       teacher_loss=worker(teacher_mode, test).loss(target))
+
+
+def run_case(base: str, pool: list[str], inputs: list[str], kind: str, seed: int, plan: list[tuple[str, int, int]],
+             num_modules: int, shots: int = SHOTS) -> dict:
+    """One planted task: the teacher, the few-shot and test examples, every planned search and its scores."""
+    task = planted_task(base, pool, inputs, kind, seed, num_modules, shots)
+    target = task.target
+    target_score = None if task.teacher_mode != "ab" else l1_score(task.searcher.loss(target), target, L1)
+    row = {"kind": kind, "seed": seed, "modules": [Path(m).name for m in task.modules], "target": target.tolist(),
+           "base_loss": task.base_loss, "teacher_loss": task.teacher_loss, "target_fewshot_score": target_score,
            "runs": []}
     for name, actors, budget in plan:
-        search = Search(stack.num_modules, budget, name, seed=seed, l1=L1)
+        search = Search(len(target), budget, name, seed=seed, l1=L1)
         started = time.perf_counter()
-        best = minimize(search, searcher.evaluate)
+        best = minimize(search, task.searcher.evaluate)
         found = np.array(best.weights)
-        loss = scorer.loss(found)
+        loss = task.scorer.loss(found)
         row["runs"].append({
-            "optimizer": name, "actors": actors, "budget": budget, "gap_closed": gap_closed(base_loss, teacher_loss, loss), "test_loss": loss,
+            "optimizer": name, "actors": actors, "budget": budget,
+            "gap_closed": gap_closed(task.base_loss, task.teacher_loss, loss), "test_loss": loss,
             "distance": float(np.linalg.norm(found - target) / np.linalg.norm(target)),
             "weights": found.tolist(), "fewshot_score": best.score, "seconds": time.perf_counter() - started})
     return row
