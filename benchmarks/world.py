@@ -222,7 +222,8 @@ def main() -> None:
         print(f"{task} seed {seed} ({time.time() - case_start:.0f}s): {line}", flush=True)
         if args.shard is not None:  # after every case: a shard stopped early keeps what it finished
             save_shard(RESULTS, args.name, shard, runs, time.time() - started)
-    if args.shard is not None:
+    if args.shard is not None:  # and at the end, also when every case was kept from earlier runs
+        save_shard(RESULTS, args.name, shard, runs, time.time() - started)
         print(f"saved shard {args.shard}; summarise with --combine {shard[1]}")
         return
     walls = [time.time() - started]

@@ -79,3 +79,17 @@ def test_the_panel_runs_every_optimizer_but_the_reference_on_each_number_of_acto
     others = [name for name in OPTIMIZERS if name != "ngopt"]
     assert {world.search_method_name(name, k) for name in others for k in (1, 8)} == set(methods[3:])
     assert "lorahub_probes_cma_8actors_equal_time" in methods and "lorahub_ngopt_8actors_equal_time" not in methods
+
+
+@pytest.mark.slow
+def test_a_shard_whose_cases_were_all_kept_still_saves_its_rows(bbh_world, tmp_path, monkeypatch):
+    monkeypatch.setattr(world, "RESULTS", tmp_path)
+    rows = [{"task": "count", "seed": seed, "accuracy": {"zero_shot": 10.0 * seed}} for seed in world.SEEDS[:2]]
+    (tmp_path / "w.json").write_text(json.dumps({"test_size": 4, "budget": world.BUDGET, "wall_seconds": 9.0,
+                                                 "runs": rows}))
+    monkeypatch.setattr(sys, "argv", ["world.py", "--world", str(bbh_world), "--tasks", "count", "--seeds", "2",
+                                      "--test-size", "4", "--methods", "zero_shot", "--name", "w", "--shard", "1/2"])
+    world.main()
+    saved = json.loads((tmp_path / "w.shard-1-of-2.json").read_text())["rows"]
+    assert [(row["seed"], row["accuracy"], row["earlier_run"]) for row in saved] == [
+        (world.SEEDS[1], {"zero_shot": 10.0 * world.SEEDS[1]}, True)]
