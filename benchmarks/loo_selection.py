@@ -33,16 +33,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from planted import L1, RESULTS, SHOTS, TEST, gap_closed, planted_task, search_plan  # noqa: E402
+from planted import (  # noqa: E402
+    FULL,
+    L1,
+    QUICK,
+    RESULTS,
+    SHOTS,
+    TEST,
+    gap_closed,
+    planted_task,
+    search_plan,
+    zoo_bases,
+)
 
 from actors import Outcome, Worker  # noqa: E402
 from actors.loss import example_token_losses  # noqa: E402
-from lorahub_ray.data import load_examples  # noqa: E402
-from lorahub_ray.demo import ensure_zoo  # noqa: E402
 from lorahub_ray.search import Search, minimize  # noqa: E402
 
 OPTIMIZERS = ("ngopt", "cma", "probes-cma")
-ACTORS = (1, 2, 8)
+ACTORS = (1, 2, 8)  # the full run's numbers of actors (planted.py's but 4)
 
 
 def recording_evaluator(worker: Worker) -> tuple[Callable[[np.ndarray], list[Outcome]], list[np.ndarray]]:
@@ -133,26 +142,18 @@ def main() -> None:
                         help="zoo directories (default: the demo's zoo, the prebuilt one); every base of each")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.quick:
-        kinds, seeds, actors, num_modules = ["one", "three_one_negative"], [0], [1, 2], 6
-    else:
-        kinds, seeds, actors, num_modules = ["one", "three_one_negative", "many_small", "delta"], [0, 1, 2], ACTORS, 20
-    plan = search_plan(list(OPTIMIZERS), list(actors))
-    started, rows, zoos = time.time(), [], []
-    for directory in args.zoo:
-        zoo, manifest = ensure_zoo(directory)
-        zoos.append(str(zoo))
-        for kind_of_base, base in manifest["bases"].items():
-            pool = [str(zoo / m["path"]) for m in manifest["modules"][kind_of_base]]
-            inputs = sorted({ex["input"] for task in manifest["heldout"] for ex in load_examples(zoo / task["test"])})
-            for kind in kinds:
-                for seed in seeds:
-                    row = {"base": kind_of_base, **run_case(str(zoo / base), pool, inputs, kind, seed, plan,
-                                                            num_modules)}
-                    rows.append(row)
-                    print(f"{kind_of_base} {kind} seed {seed}: " + "  ".join(
-                        f"{r['optimizer']}@{r['actors']} {r['best']['gap_closed']:.2f}->{r['loo_stop']['gap_closed']:.2f}"
-                        for r in row["runs"]), flush=True)
+    kinds, seeds, actors, num_modules = QUICK if args.quick else (*FULL[:2], list(ACTORS), FULL[3])
+    plan = search_plan(list(OPTIMIZERS), actors)
+    started, rows, zoos = time.time(), [], {}
+    for zoo, kind_of_base, base, pool, inputs in zoo_bases(args.zoo):
+        zoos[str(zoo)] = None
+        for kind in kinds:
+            for seed in seeds:
+                row = {"base": kind_of_base, **run_case(base, pool, inputs, kind, seed, plan, num_modules)}
+                rows.append(row)
+                print(f"{kind_of_base} {kind} seed {seed}: " + "  ".join(
+                    f"{r['optimizer']}@{r['actors']} {r['best']['gap_closed']:.2f}->{r['loo_stop']['gap_closed']:.2f}"
+                    for r in row["runs"]), flush=True)
     summary = summarise(rows)
     print(f"\n{'optimizer':12s} {'actors':>6s} {'best':>6s} {'loo-stop':>9s} {'worst: best':>12s} {'loo':>6s} "
           f"{'changed':>8s} {'kept':>5s}")
@@ -165,7 +166,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({
         "command": " ".join(["python benchmarks/loo_selection.py", *sys.argv[1:]]),
-        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "zoos": zoos,
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "zoos": list(zoos),
         "wall_seconds": round(time.time() - started, 1), "modules": num_modules, "shots": SHOTS, "test": TEST,
         "summary": summary, "rows": rows}, indent=1) + "\n")
     print(f"wrote {RESULTS}/{name}.json")

@@ -33,6 +33,7 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,9 @@ RESULTS = Path(__file__).parent / "results"
 SHOTS, TEST, MAX_NEW_TOKENS = 5, 40, 16
 REFERENCE, REFERENCE_BUDGET = "ngopt", 40  # the sequential reference sets the wall-clock time
 ACTORS = (1, 2, 4, 8)
+# (kinds of w*, seeds, numbers of actors, modules drawn) of the quick and the full run
+QUICK = (["one", "three_one_negative"], [0], [1, 2], 6)
+FULL = (["one", "three_one_negative", "many_small", "delta"], [0, 1, 2], list(ACTORS), 20)
 L1 = 0.05  # the searches' L1 weight (RunConfig's default)
 
 
@@ -152,6 +156,17 @@ def run_case(base: str, pool: list[str], inputs: list[str], kind: str, seed: int
     return row
 
 
+def zoo_bases(directories: list[str | None]) -> Iterator[tuple[Path, str, str, list[str], list[str]]]:
+    """(zoo, kind of base, base path, its module pool, the held-out tasks' test inputs) for every base of every zoo
+    in ``directories`` (``None``: the demo's zoo, the prebuilt one)."""
+    for directory in directories:
+        zoo, manifest = ensure_zoo(directory)
+        inputs = sorted({ex["input"] for task in manifest["heldout"] for ex in load_examples(zoo / task["test"])})
+        for kind_of_base, base in manifest["bases"].items():
+            pool = [str(zoo / m["path"]) for m in manifest["modules"][kind_of_base]]
+            yield zoo, kind_of_base, str(zoo / base), pool, inputs
+
+
 def summarise(rows: list[dict]) -> dict:
     """Per optimizer and number of actors: the mean and worst gap closed, the mean distance to w*, how often the
     few-shot score beat w*'s own, and the mean gap closed per base kind and planted kind."""
@@ -212,25 +227,17 @@ def main() -> None:
     args = parser.parse_args()
     require(__file__, ("matplotlib",))
     torch.set_num_threads(1)
-    if args.quick:
-        kinds, seeds, actors, num_modules = ["one", "three_one_negative"], [0], [1, 2], 6
-    else:
-        kinds, seeds, actors, num_modules = ["one", "three_one_negative", "many_small", "delta"], [0, 1, 2], ACTORS, 20
-    plan = search_plan(args.optimizers, list(actors))
-    started, rows, zoos = time.time(), [], []
-    for directory in args.zoo:
-        zoo, manifest = ensure_zoo(directory)
-        zoos.append(str(zoo))
-        for kind_of_base, base in manifest["bases"].items():
-            pool = [str(zoo / m["path"]) for m in manifest["modules"][kind_of_base]]
-            inputs = sorted({ex["input"] for task in manifest["heldout"] for ex in load_examples(zoo / task["test"])})
-            for kind in kinds:
-                for seed in seeds:
-                    row = {"base": kind_of_base, **run_case(str(zoo / base), pool, inputs, kind, seed, plan,
-                                                            num_modules, args.shots)}
-                    rows.append(row)
-                    print(f"{kind_of_base} {kind} seed {seed}: " + "  ".join(
-                        f"{r['optimizer']}@{r['actors']} {r['gap_closed']:.2f}" for r in row["runs"]), flush=True)
+    kinds, seeds, actors, num_modules = QUICK if args.quick else FULL
+    plan = search_plan(args.optimizers, actors)
+    started, rows, zoos = time.time(), [], {}
+    for zoo, kind_of_base, base, pool, inputs in zoo_bases(args.zoo):
+        zoos[str(zoo)] = None
+        for kind in kinds:
+            for seed in seeds:
+                row = {"base": kind_of_base, **run_case(base, pool, inputs, kind, seed, plan, num_modules, args.shots)}
+                rows.append(row)
+                print(f"{kind_of_base} {kind} seed {seed}: " + "  ".join(
+                    f"{r['optimizer']}@{r['actors']} {r['gap_closed']:.2f}" for r in row["runs"]), flush=True)
     summary = summarise(rows)
     print(f"\n{'optimizer':14s} {'actors':>6s} {'gap closed':>10s} {'worst':>7s} {'|w-w*|/|w*|':>12s} "
           f"{'few-shot score < w*':>20s}")
@@ -242,7 +249,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({
         "command": " ".join(["python benchmarks/planted.py", *sys.argv[1:]]),
-        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "zoos": zoos,
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "zoos": list(zoos),
         "wall_seconds": round(time.time() - started, 1), "reference": REFERENCE, "reference_budget": REFERENCE_BUDGET,
         "modules": num_modules, "shots": args.shots, "test": TEST, "summary": summary, "rows": rows}, indent=1) + "\n")
     plot(summary, rows, RESULTS / f"{name}.png")

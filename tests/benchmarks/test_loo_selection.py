@@ -1,5 +1,6 @@
 """Leave-one-out early stopping: the rule on planted histories, and the same searches as planted.py."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -53,3 +54,17 @@ def test_the_recorded_searches_are_planted_pys_searches():
     assert run["best"]["distance"] == expected["distance"]
     assert 1 <= run["loo_kept"] <= 12
     assert set(run["loo_stop"]) == {"gap_closed", "distance"}
+
+
+@pytest.mark.slow
+def test_the_quick_run_writes_both_rules_for_every_search(tmp_path, monkeypatch):
+    monkeypatch.setattr(loo_selection, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["loo_selection.py", "--quick"])
+    loo_selection.main()
+    result = json.loads((tmp_path / "loo_selection_quick.json").read_text())
+    assert {name: sorted(by_actors) for name, by_actors in result["summary"].items()} == {
+        "ngopt": ["1"], "cma": ["1", "2"], "probes-cma": ["1", "2"]}
+    assert len(result["rows"]) == 2 and result["zoos"] == [str(planted.ensure_zoo(None)[0])]
+    for row in result["rows"]:
+        for run in row["runs"]:
+            assert 1 <= run["loo_kept"] <= run["budget"] and set(run["best"]) == set(run["loo_stop"])
