@@ -6,7 +6,7 @@ Worlds and their scores (higher is better), each measured by its own benchmark:
 - planted/<base>: benchmarks/planted.py, mean held-out loss gap closed over the planted kinds and seeds;
 - zoo/<base>: benchmarks/optimizers.py, mean held-out exact match over the zoo's held-out tasks and seeds (several
   runs with different --optimizers merged, see ZOO_RESULTS);
-- real/smollm2: benchmarks/world.py --panel (world_panel.json, merged with world_panel_<name>.json runs that add
+- real/smollm2: benchmarks/world.py --panel (world_panel.json, merged with world_panel_<name>.json runs that add seeds,
   actors or optimizers; else world.json, which measures two optimizers and ranks nothing), mean held-out exact match
   over the BBH subtasks and seeds (SmolLM2-135M, modules of the other BBH tasks); the optimizers on k actors and the
   reference over the cases measured at k.
@@ -40,7 +40,7 @@ REFERENCE = "ngopt"
 ZOO_RESULTS = {"t5": ("optimizers.json", "optimizers_t5_probes.json", "optimizers_t5_portfolio.json"),
                "llama": ("optimizers_llama.json", "optimizers_llama_portfolio.json")}
 REFERENCE_TOLERANCE = 0.5  # points of mean exact match two runs of the same cases may differ by
-# real/smollm2 merges the panel's runs (world_panel.json, and world_panel_<name>.json from runs that add more actors
+# real/smollm2 merges the panel's runs (world_panel.json, and world_panel_<name>.json from runs that add seeds, actors
 # or optimizers to some of its cases); without them it reads world.json
 REAL_WORLD_RESULTS = (("world_panel.json", "world_panel_*.json"), ("world.json",))
 
@@ -163,8 +163,22 @@ def margins(worlds: Mapping[str, Scores], name: str, k: int) -> dict[str, float 
     return out
 
 
+def curves(scores: Scores) -> tuple[bool, dict[str, tuple[list[int], list[float]]]]:
+    """What `plot` draws for one world: whether it is relative to the reference, and each optimizer's (actors,
+    values). A world that compares each number of actors on its own cases (`real_world`, where the reference has a
+    score per k) is drawn as each score minus the reference's on those cases, so that its points compare across k."""
+    reference = scores.get(REFERENCE, {})
+    relative = len(reference) > 1
+    drawn = {}
+    for name, by_k in sorted(scores.items()):
+        if name != REFERENCE:
+            ks = sorted(by_k)
+            drawn[name] = (ks, [by_k[k] - reference_at(reference, k) if relative else by_k[k] for k in ks])
+    return relative, drawn
+
+
 def plot(worlds: Mapping[str, Scores], path: Path) -> None:
-    """One panel per world: score against actors per optimizer, the reference dashed."""
+    """One panel per world: score against actors per optimizer (`curves`), the reference dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,20 +188,19 @@ def plot(worlds: Mapping[str, Scores], path: Path) -> None:
     colours = dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"]))  # one colour per optimizer
     fig, axes = plt.subplots(1, len(worlds), figsize=(4.2 * len(worlds), 3.6), squeeze=False)
     for ax, (world, scores) in zip(axes[0], worlds.items()):
-        for name, by_k in sorted(scores.items()):
-            if name == REFERENCE and len(by_k) == 1:
-                ax.axhline(by_k[1], color="black", linestyle="--", linewidth=1, label=f"{name} (sequential)")
-            elif name == REFERENCE:  # its own score over the cases each number of actors measured
-                ks = sorted(by_k)
-                ax.plot(ks, [by_k[k] for k in ks], color="black", linestyle="--", linewidth=1, marker="x",
-                        label=f"{name} (sequential, same cases)")
-            else:
-                ks = sorted(by_k)
-                ax.plot(ks, [by_k[k] for k in ks], marker="o", label=name, color=colours[name])
+        relative, drawn = curves(scores)
+        unit = "gap closed" if world.startswith("planted") else "exact match (%)"
+        if relative:
+            ax.axhline(0.0, color="black", linestyle="--", linewidth=1, label=f"{REFERENCE} (sequential, same cases)")
+        elif 1 in scores.get(REFERENCE, {}):
+            ax.axhline(scores[REFERENCE][1], color="black", linestyle="--", linewidth=1,
+                       label=f"{REFERENCE} (sequential)")
+        for name, (ks, values) in drawn.items():
+            ax.plot(ks, values, marker="o", label=name, color=colours[name])
         ax.set_xscale("log", base=2)
         ax.set_title(world)
         ax.set_xlabel("actors (equal wall-clock)")
-        ax.set_ylabel("gap closed" if world.startswith("planted") else "exact match (%)")
+        ax.set_ylabel(f"{unit} minus the reference" if relative else unit)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -183,7 +183,7 @@ def search_method_name(optimizer: str, actors: int = 1) -> str:
 
 def run_methods(case: Case, methods: Sequence[str], budget: int = 40, speedup: float = 1.0) -> dict:
     """Every requested method's exact match (``accuracy``) on ``case``, its option accuracy (``option_accuracy``,
-    when the case has options), and the searches' convergence.
+    when the case has options), and each search's convergence and number of evaluations (``evaluations``).
 
     A search on k actors gets `actors_budget` evaluations (``speedup``: the measured 2-actor speed-up). A search's
     result does not depend on the number of actors (tested), so they run in this process with that budget.
@@ -191,6 +191,7 @@ def run_methods(case: Case, methods: Sequence[str], budget: int = 40, speedup: f
     scores: dict = {}
     options: dict = {}
     curves: dict = {}
+    evaluations: dict = {}
     simple = {"zero_shot": zero_shot, "best_single": best_single_module, "uniform": uniform_average,
               "in_context": in_context, "lora_finetune": lora_finetune}
     for method in methods:
@@ -198,7 +199,8 @@ def run_methods(case: Case, methods: Sequence[str], budget: int = 40, speedup: f
             measured = simple[method](case)
         elif search := search_method(method):
             optimizer, actors = search
-            run = lorahub_search(case, optimizer, actors_budget(budget, actors, speedup))
+            evaluations[method] = actors_budget(budget, actors, speedup)
+            run = lorahub_search(case, optimizer, evaluations[method])
             measured = case.scores(np.array(min(run.history, key=lambda e: e.score).weights))
             curves[method] = run.best_scores()
         else:
@@ -207,7 +209,7 @@ def run_methods(case: Case, methods: Sequence[str], budget: int = 40, speedup: f
         if "option_accuracy" in measured:
             options[method] = measured["option_accuracy"]
     return {"accuracy": scores, **({"option_accuracy": options} if case.options else {}), "convergence": curves,
-            "equal_time_evaluations": equal_time_budget(budget, speedup)}
+            "evaluations": evaluations}
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

@@ -84,6 +84,8 @@ def test_real_world_runs_merge_by_case_and_compare_each_number_of_actors_on_its_
     assert real["ngopt"] == {1: 35.0, 2: 35.0, 8: 40.0}, "the reference over the cases each k measured"
     assert panel.margins({"real": real}, "probes-cma", 8) == {"real": 30.0}
     assert panel.margins({"real": real}, "probes-cma", 2) == {"real": 10.0}
+    assert panel.curves(real) == (True, {"probes-cma": ([2, 8], [10.0, 30.0]), "cma": ([2], [0.0])}), "same cases"
+    assert panel.curves({"ngopt": {1: 0.4}, "cma": {2: 0.5, 1: 0.3}}) == (False, {"cma": ([1, 2], [0.3, 0.5])})
     (tmp_path / "world_panel_k8.json").write_text(json.dumps({"runs": [row("a", 1, ngopt=45.0)]}))
     with pytest.raises(ValueError, match="real/smollm2: the results files disagree on lorahub_ngopt for a seed 1"):
         panel.load_worlds(tmp_path)
