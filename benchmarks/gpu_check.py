@@ -17,6 +17,8 @@ and random LoRA modules on the machine itself, then measures:
               against the same searches run one after another, each starting its actors (`run`); wall-clock from
               the call to the last result. On the GPU the one-after-another time is measured on the first
               `SEQUENTIAL_MEASURED` searches and scaled to S; the identical results are checked on those.
+  profile     for each shape, where one pass of the default settings spends its time (`profile_pass.py`: compose,
+              the bare body, the LoRA hooks; matrix products, attention, other operators, device idle time)
 
     python benchmarks/gpu_check.py                      # on a CUDA machine; writes benchmarks/results/gpu.json
     python benchmarks/gpu_check.py --out $OUT/gpu.json  # on the lent machine (see ../shared/device/README.md)
@@ -41,40 +43,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from needs import require  # noqa: E402
+from profile_pass import profile_pass, summary  # noqa: E402
+from shapes import (EXAMPLES, SHAPE_MODELS, SHAPE_MODULES, build_shape, evaluation_flops,  # noqa: E402
+                    make_examples, peak_matmul_flops, population, synchronize)
 
 # ---- settings -------------------------------------------------------------------------------------------
 SHAPES = {  # kind, d_model, layers, heads, d_ff, modules, rank, example input bytes
     "gpu": ("llama", 576, 30, 9, 1536, 20, 16, 256),  # the SmolLM2-135M body (its GQA and vocabulary aside)
     "dry": ("llama", 32, 2, 4, 64, 3, 4, 24),
 }
-EXAMPLES = 5  # few-shot examples, as LoraHub's
 PASSES = (1, 8, 32)  # candidates_per_pass measured
 DTYPE_CANDIDATES = 8  # candidates scored in float32 and in bfloat16
 SEARCH_PASS = 8  # candidates_per_pass of the 1- and 2-actor searches
 SEARCH_BUDGET = {"gpu": 96, "dry": 8}
 ROUNDS = {"gpu": 3, "dry": 1}  # timed populations per pass size (after one warm-up)
 DEVICE_GPUS = (0.0, 0.5, 1.0)  # gpus_per_actor whose device is reported
-SHAPE_MODELS = {  # name: (kind, config, rank, example input bytes); random weights, byte tokenizer
-    "gpu": {
-        "smollm2-135m": ("llama", {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
-                                   "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
-                                   "tie_word_embeddings": True}, 8, 256),
-        "flan-t5-large": ("t5", {"vocab_size": 32128, "d_model": 1024, "d_kv": 64, "d_ff": 2816, "num_layers": 24,
-                                 "num_heads": 16, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False,
-                                 "initializer_factor": 0.05}, 16, 256),
-        "llama-1b": ("llama", {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192,
-                               "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
-                               "tie_word_embeddings": True}, 8, 256),
-    },
-    "dry": {
-        "tiny-llama": ("llama", {"vocab_size": 1000, "hidden_size": 32, "intermediate_size": 64,
-                                 "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}, 4, 24),
-        "tiny-t5": ("t5", {"vocab_size": 1000, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2,
-                           "num_heads": 4, "initializer_factor": 0.05}, 4, 24),
-    },
-}
 SHAPE_PASSES = {"gpu": (64, 128, 256), "dry": (2, 4)}  # bfloat16 pass sizes tried for the best setting
-SHAPE_MODULES = 20
 MANY = {"gpu": (24, 200), "dry": (3, 8)}  # searches and budget of each in the many-searches check
 SEQUENTIAL_MEASURED = {"gpu": 2, "dry": 3}  # of those, run one after another
 RESULTS = Path(__file__).parent / "results"
@@ -136,64 +120,6 @@ def run_checks(mode: str) -> dict:
     return figures
 
 
-def build_shape(kind: str, settings: dict, out: Path, device: str) -> Path:
-    """Save a random-weight model of ``settings`` with a byte tokenizer (its ids are all below the vocabulary)."""
-    import torch
-    from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
-
-    from actors.model import quiet_loading
-
-    torch.manual_seed(0)
-    tokenizer = ByT5Tokenizer()
-    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
-    if kind == "t5":
-        config, model_class = T5Config(**settings, decoder_start_token_id=tokenizer.pad_token_id, **ids), \
-            T5ForConditionalGeneration
-    else:
-        config, model_class = LlamaConfig(**settings, bos_token_id=None, **ids), LlamaForCausalLM
-    with torch.device(device):  # random initialisation on the device: seconds, even for a 1B model
-        model = model_class(config)
-    with quiet_loading():
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-    return out
-
-
-def evaluation_flops(model, batch) -> float:
-    """The matrix work one evaluation needs: 2 x weight x tokens for every linear layer of the body over the tokens
-    it sees (encoder: the inputs; decoder: all of a decoder-only sequence, a T5 decoder's targets), and the LM head
-    at the answer tokens only (T5: every target is one)."""
-    from torch import nn
-
-    from actors.examples import IGNORE
-
-    answers = int((batch.labels != IGNORE).sum())
-    head = model.get_output_embeddings()
-    flops = 2 * head.weight.numel() * answers
-    for name, layer in model.named_modules():
-        if isinstance(layer, nn.Linear) and layer is not head:
-            decoder = batch.encoder_decoder and not name.startswith("encoder")
-            seen = answers if decoder else int(batch.attention_mask.sum())
-            flops += 2 * layer.weight.numel() * seen
-    return float(flops)
-
-
-def peak_matmul_flops(device: str) -> float:
-    """The device's bfloat16 (CPU: float32) matmul rate, FLOP/s, from timed square products."""
-    import torch
-
-    size, dtype = (8192, torch.bfloat16) if device == "cuda" else (512, torch.float32)
-    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
-    repeats = 20 if device == "cuda" else 5
-    a @ b
-    _synchronize(torch, device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    _synchronize(torch, device)
-    return 2 * size**3 * repeats / (time.perf_counter() - start)
-
-
 def shape_checks(mode: str, device: str, root: Path) -> dict:
     """ms per evaluation for every shape of `SHAPE_MODELS`, side by side, and the compute limit of each."""
     import torch
@@ -211,7 +137,7 @@ def shape_checks(mode: str, device: str, root: Path) -> dict:
         modules = build_random_modules(base, root / name / "modules", SHAPE_MODULES, rank=rank, seed=1)
         stack, examples = load_stack([str(m) for m in modules]), make_examples(length)
         candidates = population(SHAPE_MODULES, max(SHAPE_PASSES[mode]) * 2)
-        timed = lambda fn: median_seconds(lambda: (fn(), _synchronize(torch, device)), repeats=3)  # noqa: E731
+        timed = lambda fn: median_seconds(lambda: (fn(), synchronize(device)), repeats=3)  # noqa: E731
         reference = reference_evaluation(base, modules, examples, device)
         row: dict = {"shape": name, "kind": kind, "rank": rank,
                      "reference_ms": 1e3 * timed(lambda: reference(candidates[0]))}
@@ -234,6 +160,8 @@ def shape_checks(mode: str, device: str, root: Path) -> dict:
             chosen = candidates[: max(2 * size, 2)]
             row[f"{label}_ms"] = 1e3 * timed(lambda: worker.evaluate(chosen)) / len(chosen)
             row[f"{label}_pass"] = worker.pass_size
+            if label == "default":
+                row["profile"] = profile_or_error(worker, candidates[: max(worker.pass_size, 2)], device)
             del worker
         best = min(ms for key, ms in row.items() if key.endswith("_ms") and key.startswith(("bfloat16_pass",
                                                                                               "default")))
@@ -243,17 +171,13 @@ def shape_checks(mode: str, device: str, root: Path) -> dict:
     return {"peak_flops": peak, "modules": SHAPE_MODULES, "examples": EXAMPLES, "rows": rows}
 
 
-def make_examples(length: int, seed: int = 0) -> list[dict[str, str]]:
-    """``EXAMPLES`` random-letter examples with inputs of ``length`` bytes (tokens, with the byte vocabulary)."""
-    rng = np.random.default_rng(seed)
-    letters = np.array(list("abcdefghijklmnopqrstuvwxyz "))
-    return [{"input": "".join(rng.choice(letters, length)) + "\nAnswer:", "output": "".join(rng.choice(letters, 8))}
-            for _ in range(EXAMPLES)]
-
-
-def population(num_modules: int, size: int, seed: int = 1) -> np.ndarray:
-    """``(size, num_modules)`` candidates in the search box."""
-    return np.random.default_rng(seed).uniform(-1.0, 1.0, (size, num_modules))
+def profile_or_error(worker, candidates: np.ndarray, device: str) -> dict:
+    """`profile_pass.profile_pass` of one default pass, or its error: a profile must not cost the run's other
+    figures."""
+    try:
+        return profile_pass(worker, candidates, device)
+    except Exception as err:  # recorded in the figures; the other checks go on
+        return {"error": f"{type(err).__name__}: {err}"}
 
 
 def dtype_difference(base: str, stack, examples: list[dict[str, str]], device: str) -> dict:
@@ -285,11 +209,11 @@ def pass_throughput(base: str, stack, examples: list[dict[str, str]], device: st
         worker = Worker(WorkerSpec(base=base, device=device, candidates_per_pass=size), stack, examples)
         candidates = population(stack.num_modules, max(PASSES))  # whole passes of every size
         worker.evaluate(candidates[:size])  # warm-up: kernels, allocator
-        _synchronize(torch, device)
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(rounds):
             results = worker.evaluate(candidates)
-        _synchronize(torch, device)
+        synchronize(device)
         seconds = time.perf_counter() - start
         rows.append({"candidates_per_pass": size, "evaluations": rounds * len(candidates), "seconds": seconds,
                      "evals_per_s": rounds * len(candidates) / seconds, "pass_size_after": worker.pass_size,
@@ -297,11 +221,6 @@ def pass_throughput(base: str, stack, examples: list[dict[str, str]], device: st
                      "peak_memory_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None})
         del worker
     return rows
-
-
-def _synchronize(torch, device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def actor_checks(base: str, stack, examples: list[dict[str, str]], device: str, budget: int) -> dict:
@@ -426,6 +345,9 @@ def report(figures: dict) -> None:
               f"{row['bare_forward_float32_ms']:.2f}, one at a time {row['one_at_a_time_float32_ms']:.2f}, default {row['default_ms']:.3f} (pass "
               f"{row['default_pass']}), best {row['best_ms']:.3f}, compute limit {row['compute_limit_ms']:.3f} ms "
               f"({row['best_vs_limit']:.0%} of the limit; default {row['default_vs_best']:.0%} of the best)")
+    for row in figures["shapes"]["rows"]:
+        print(f"  {row['shape']} default pass: " + (f"profile failed: {row['profile']['error']}"
+                                                      if "error" in row["profile"] else summary(row["profile"])))
     many = figures["many"]
     print(f"  {many['searches']} searches x {many['budget']}: {many['many_seconds']:.1f} s on one pool, "
           f"{many['one_after_another_seconds_for_all']:.1f} s one after another ({many['one_after_another_measured']} "

@@ -77,3 +77,6 @@ def test_the_cpu_dry_run_writes_every_figure(tmp_path):
         assert row["default_vs_best"] <= 1
         assert row["compute_limit_ms"] == pytest.approx(1e3 * row["flops"] / shapes["peak_flops"])
         assert figures["ratios"][f"{row['shape']}_default_vs_best"] == pytest.approx(row["default_vs_best"])
+        profiled = row["profile"]  # one pass of the default settings, profiled
+        assert "error" not in profiled and profiled["candidates"] == max(row["default_pass"], 2)
+        assert profiled["profile"]["matmul_ms"] > 0 and "outside_operators_ms" in profiled["profile"]
