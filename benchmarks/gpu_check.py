@@ -42,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from lorahub_ray.atomic import write_atomic  # noqa: E402
 from needs import require  # noqa: E402
 from profile_pass import profile_pass, summary  # noqa: E402
 from shapes import (EXAMPLES, SHAPE_MODELS, SHAPE_MODULES, build_shape, evaluation_flops,  # noqa: E402
@@ -82,8 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     figures = run_checks("dry" if args.cpu_dry_run else "gpu")
     figures["wall_seconds"] = time.perf_counter() - started
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+    write_atomic(args.out, json.dumps(figures, indent=1) + "\n")  # no half-written file if the run is stopped
     report(figures)
     print(f"wrote {args.out}")
     return figures

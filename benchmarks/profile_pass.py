@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from lorahub_ray.atomic import write_atomic  # noqa: E402
 from shapes import SHAPE_MODELS, SHAPE_MODULES, build_shape, make_examples, population, synchronize  # noqa: E402
 
 MATMUL = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"})
@@ -42,7 +43,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def profile_pass(worker, candidates: np.ndarray, device: str, repeats: int = REPEATS) -> dict:
-    """Time one pass of ``candidates`` ``(P, N)`` on ``worker`` and its parts, and profile one pass by operator."""
+    """Time one pass of ``candidates`` ``(P, N)`` on ``worker`` and its parts (medians of ``repeats``), and profile
+    ``repeats`` passes by operator."""
     from torch.profiler import ProfilerActivity, profile
 
     from actors.loss import example_token_losses
@@ -134,8 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "dtype": str(next(worker.model.parameters()).dtype).removeprefix("torch."),
                    **profile_pass(worker, population(SHAPE_MODULES, args.candidates), args.device)}
     figures["wall_seconds"] = time.perf_counter() - started
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+    write_atomic(args.out, json.dumps(figures, indent=1) + "\n")  # no half-written file if the run is stopped
     report(figures)
     print(f"wrote {args.out}")
     return figures
