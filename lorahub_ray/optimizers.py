@@ -228,7 +228,7 @@ OPTIMIZERS: dict[str, Builder] = {"cma": _cma, "ngopt": _ngopt, "probes-cma": Pr
                                   "singles-cma": functools.partial(ProbesThenCMA, step=1.0)}
 # Chosen by the optimizer panel (benchmarks/panel.py; benchmarks/README.md#optimizer-panel): at equal wall-clock
 # time on 2 actors, the best worst-case standing over planted/t5, planted/llama, zoo/t5, zoo/llama and the real
-# world (SmolLM2 on BBH): 2nd, 1st, 2nd, 2nd and 1st (gap closed 0.58 and 0.64, exact match 32.8, 46.9 and 41.5;
+# world (SmolLM2 on BBH): 2nd, 1st, 2nd, 2nd and 1st (gap closed 0.58 and 0.64, exact match 32.8, 46.9 and 40.3;
 # the real world's margins are within noise).
 # singles-cma wins both zoos (32.9, 49.9) but comes last on planted/t5 (0.35: dense compositions); cma and the
 # reference come last on some world.
