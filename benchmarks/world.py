@@ -23,9 +23,9 @@ subtask's own BBH task). Methods: zero-shot, in-context (the 5 examples in the
 prompt), the best single module (lowest few-shot loss), the uniform average, a LoRA fine-tuned on the 5 examples,
 LoraHub with the reference optimizer (sequential NGOpt, budget 40) and with singles-cma on 2 actors at the
 reference's wall-clock time (see `protocol.equal_time_budget`; singles-cma was the default when world.json was first
-measured, and a rerun keeps its cases only with the same methods; the panel scores the default since, probes-cma). Scores: exact match as the paper scores it and,
-for multiple-choice subtasks, option accuracy (the option with the lowest loss), beside the majority class of the
-test set and chance. Writes benchmarks/results/world.json and .png.
+measured, and a rerun keeps its cases only with the same methods; the panel scores the default since, probes-cma).
+Scores: exact match as the paper scores it and, for multiple-choice subtasks, option accuracy (the option with the
+lowest loss), beside the majority class of the test set and chance. Writes benchmarks/results/world.json and .png.
 """
 
 from __future__ import annotations
