@@ -67,8 +67,6 @@ SHOTS = 5
 MODULES_PER_RUN = 20
 BUDGET = 40
 FINETUNE_STEPS, FINETUNE_LR = 40, 2e-3  # LoRA on the 5 examples: 40 full-batch steps (100 take ~2 min a case)
-# singles-cma: the default when world.json was first measured (kept, so that its cases stay comparable); the default
-# since, probes-cma, runs on the same cases in the optimizer panel (--panel)
 METHODS = ["zero_shot", "in_context", "best_single", "uniform", "lora_finetune", "lorahub_ngopt",
            "lorahub_singles_cma_2actors_equal_time"]
 PANEL_ACTORS = [2]  # the optimizer panel's default numbers of actors (--actors)
