@@ -26,7 +26,7 @@ PLAIN_HEAD = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3",
 @torch.no_grad()
 def example_token_losses(model: nn.Module, batch: ExampleBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Run one forward pass; return each example's summed token cross-entropy ``(E,)`` and token count ``(E,)``."""
-    if not batch.encoder_decoder and _plain_head(model):
+    if not batch.encoder_decoder and plain_head(model):
         return _answer_token_losses(model, batch)
     if batch.encoder_decoder:
         decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=batch.labels)  # (E, T_out)
@@ -43,7 +43,7 @@ def example_token_losses(model: nn.Module, batch: ExampleBatch) -> tuple[torch.T
     return token_ce.sum(dim=1), (labels != IGNORE).sum(dim=1)
 
 
-def _plain_head(model: nn.Module) -> bool:
+def plain_head(model: nn.Module) -> bool:
     """Whether ``model``'s logits are exactly its linear output embedding applied to its body's last hidden state."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return getattr(model.config, "model_type", None) in PLAIN_HEAD and isinstance(head, nn.Linear)

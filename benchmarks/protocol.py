@@ -91,11 +91,16 @@ def _demonstration(example: dict[str, str]) -> str:
     return f"{example['input']}{joint}{example['output']}\n\n"
 
 
+def prompt_with_demonstrations(fewshot: Sequence[dict], test: Sequence[dict]) -> list[dict]:
+    """``test`` with the ``fewshot`` examples, as demonstrations, before each input."""
+    prefix = "".join(_demonstration(ex) for ex in fewshot)
+    return [{**ex, "input": prefix + ex["input"]} for ex in test]
+
+
 def in_context(case: Case) -> dict[str, float]:
     """The few-shot examples placed before each test input (no adapter)."""
-    prefix = "".join(_demonstration(ex) for ex in case.fewshot)
-    prompted = [{**ex, "input": prefix + ex["input"]} for ex in case.test]
     case.worker.cache.apply(np.zeros(case.stack.num_modules))
+    prompted = prompt_with_demonstrations(case.fewshot, case.test)
     return case.score_model(case.worker.model, case.worker.tokenizer, prompted)
 
 

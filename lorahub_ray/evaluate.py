@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from actors.examples import collate, example_ids, prompt_ids
-from actors.loss import example_token_losses
+from actors.examples import IGNORE, collate, example_ids, prompt_ids
+from actors.loss import example_token_losses, plain_head
 from actors.model import load_base, pick_device, quiet_loading
 from lorahub_ray.base import check_base
 from lorahub_ray.data import load_examples
@@ -171,6 +173,69 @@ def evaluate_adapter(base: str, examples: str | Path | Sequence[dict[str, str]],
 
 
 @torch.no_grad()
+def option_losses(model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples: Sequence[dict],
+                  batch_size: int = 16) -> list[list[float]]:
+    """Each example's summed token loss (answer tokens and end token) of each of its ``"options"`` after its input.
+
+    A decoder-only model reads each input once: its cache serves all the options, whose rows would otherwise
+    repeat the input (an 18-option question read 18 times). Encoder-decoders score (input, option) rows in batches.
+    """
+    scorer = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel: its LoRA model
+    device = next(scorer.parameters()).device
+    if not getattr(scorer.config, "is_encoder_decoder", False):
+        return [_shared_prompt_losses(scorer, tokenizer, ex["input"], ex["options"], device) for ex in examples]
+    rows = [example_ids(tokenizer, {"input": ex["input"], "output": option}, True)
+            for ex in examples for option in ex["options"]]
+    losses: list[float] = []
+    for start in range(0, len(rows), batch_size):
+        batch = collate(rows[start : start + batch_size], tokenizer.pad_token_id, True).to(device)
+        losses.extend(example_token_losses(scorer, batch)[0].tolist())
+    per_example, offset = [], 0
+    for ex in examples:
+        per_example.append(losses[offset : offset + len(ex["options"])])
+        offset += len(ex["options"])
+    return per_example
+
+
+def _shared_prompt_losses(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, options: Sequence[str],
+                          device: torch.device) -> list[float]:
+    """`option_losses` of one decoder-only example: the prompt's forward with a cache, then every option (right-
+    padded, with its end token) in one batch on copies of that cache; the same token ids as `example_ids` rows."""
+    prompt = prompt_ids(tokenizer, text)
+    answers = [tokenizer(o, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for o in options]
+    first_logits, cache = _logits_and_cache(model, torch.tensor([prompt], device=device), None, None, last_only=True)
+    n, width = len(answers), max(len(a) for a in answers)
+    cache.batch_repeat_interleave(n)
+    ids = torch.tensor([a + [tokenizer.pad_token_id] * (width - len(a)) for a in answers], device=device)  # (n, A)
+    answer_mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers], device=device)
+    mask = torch.cat([torch.ones(n, len(prompt), dtype=answer_mask.dtype, device=device), answer_mask], dim=1)
+    logits, _ = _logits_and_cache(model, ids, mask, cache, last_only=False)  # (n, A, V): position j predicts j + 1
+    logits = torch.cat([first_logits.expand(n, -1, -1), logits[:, :-1]], dim=1)  # (n, A, V): predicts token j
+    labels = ids.masked_fill(answer_mask == 0, IGNORE)
+    token_ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+                               reduction="none").view(n, width)
+    return token_ce.sum(dim=1).tolist()
+
+
+def _logits_and_cache(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache,
+                      last_only: bool) -> tuple[torch.Tensor, object]:
+    """Float32 logits ``(E, T or 1, V)`` of a forward that reads and extends ``cache`` (a new one when None), and the
+    cache. A `PLAIN_HEAD` model's head runs in float32 on its body's output, as in the search's loss."""
+    parameters = inspect.signature(model.forward).parameters
+    cache_arg = {"cache" if "cache" in parameters else "past_key_values": cache} if cache is not None else {}
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": True, **cache_arg}
+    if plain_head(model):
+        out = model.base_model(**inputs)
+        hidden = out.last_hidden_state[:, -1:] if last_only else out.last_hidden_state
+        head = model.get_output_embeddings()
+        logits = F.linear(hidden.float(), head.weight.float(), None if head.bias is None else head.bias.float())
+    else:
+        keep = {"logits_to_keep": 1} if last_only and "logits_to_keep" in parameters else {}
+        out = model(**inputs, **keep)
+        logits = (out.logits[:, -1:] if last_only else out.logits).float()
+    return logits, out.cache if hasattr(out, "cache") else out.past_key_values
+
+
 def option_accuracy(model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples: Sequence[dict],
                     batch_size: int = 16) -> float:
     """Percent of multiple-choice examples whose reference ``output`` is, among their ``"options"`` (answer
@@ -186,18 +251,7 @@ def option_accuracy(model: nn.Module, tokenizer: PreTrainedTokenizerBase, exampl
         if not isinstance(ex.get("options"), list) or ex["output"] not in ex["options"]:
             raise InputError(f"example {index}: field 'options' must be a list of answer strings holding its "
                              f"output {ex['output']!r}; got {ex.get('options')!r}")
-    scorer = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel: its LoRA-wrapped model
-    encoder_decoder = bool(getattr(scorer.config, "is_encoder_decoder", False))
-    device = next(scorer.parameters()).device
-    rows = [example_ids(tokenizer, {"input": ex["input"], "output": option}, encoder_decoder)
-            for ex in examples for option in ex["options"]]
-    losses = []
-    for start in range(0, len(rows), batch_size):
-        batch = collate(rows[start : start + batch_size], tokenizer.pad_token_id, encoder_decoder).to(device)
-        losses.extend(example_token_losses(scorer, batch)[0].tolist())
-    correct, offset = 0, 0
-    for ex in examples:
-        scores = losses[offset : offset + len(ex["options"])]
-        offset += len(ex["options"])
+    correct = 0
+    for ex, scores in zip(examples, option_losses(model, tokenizer, examples, batch_size)):
         correct += ex["options"][scores.index(min(scores))] == ex["output"]
     return 100.0 * correct / len(examples)

@@ -8,7 +8,15 @@ import torch
 from actors.examples import collate, example_ids
 from actors.loss import example_token_losses
 from lorahub_ray.errors import InputError
-from lorahub_ray.evaluate import ANSWER_MARGIN, answer_budget, end_token_ids, exact_match, load_model, option_accuracy
+from lorahub_ray.evaluate import (
+    ANSWER_MARGIN,
+    answer_budget,
+    end_token_ids,
+    exact_match,
+    load_model,
+    option_accuracy,
+    option_losses,
+)
 
 CHOICES = [
     {"input": "Q: 2 + 2?\nA:", "output": " (B)", "options": [" (A)", " (B)", " (C)"]},
@@ -85,3 +93,23 @@ def test_the_automatic_budget_follows_the_longest_answer(world, monkeypatch):
     exact_match(model, tokenizer, examples, max_new_tokens=3)
     assert budgets == [(longest + ANSWER_MARGIN, end_token_ids(model, tokenizer)), (3, end_token_ids(model, tokenizer))]
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("head", ["float32 head on the body", "the model's own logits"])
+def test_option_losses_read_a_decoder_prompt_once_and_match_each_option_scored_alone(world, head, monkeypatch):
+    from peft import PeftModel
+
+    if head == "the model's own logits":  # the path of models outside PLAIN_HEAD (a softcap, a logit scale)
+        monkeypatch.setattr("lorahub_ray.evaluate.plain_head", lambda model: False)
+    model, tokenizer = load_model(world["base"], device="cpu")
+    wrapped = PeftModel.from_pretrained(load_model(world["base"], device="cpu")[0], world["modules"][0]).eval()
+    for scorer in (model, wrapped):
+        unwrapped = scorer.get_base_model() if scorer is wrapped else scorer
+        alone = [[_loss(unwrapped, tokenizer, ex, option) for option in ex["options"]] for ex in CHOICES]
+        shared = option_losses(scorer, tokenizer, CHOICES, batch_size=2)
+        assert [len(row) for row in shared] == [len(ex["options"]) for ex in CHOICES]
+        assert shared == [pytest.approx(row, rel=1e-4, abs=1e-4) for row in alone]
+    # options of different lengths: the shorter ones' padding adds no loss
+    uneven = [{"input": "Q: name?\nA:", "output": " a", "options": [" a", " a much longer answer", " b c"]}]
+    alone = [_loss(model, tokenizer, uneven[0], option) for option in uneven[0]["options"]]
+    assert option_losses(model, tokenizer, uneven)[0] == pytest.approx(alone, rel=1e-4, abs=1e-4)
