@@ -1,7 +1,7 @@
 """Option accuracy's cost on a real model: every (input, option) row read whole, against each input read once with
 its cache shared by the options (`lorahub_ray.evaluate.option_losses`), side by side in one run.
 
-    python benchmarks/option_scoring.py [--world DIR] [--tasks reasoning_about_colored_objects ...] [--test 10]
+    python benchmarks/option_scoring.py [--world DIR] [--tasks reasoning_about_colored_objects ...] [--test 5]
 
 A built world's base (bfloat16 never: float32 on the CPU, one thread) scores held-out multiple-choice examples of
 each subtask twice: as given, and with 5 other examples of the subtask before each input (the in-context prompts
@@ -72,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", type=Path, default=built_world())
     parser.add_argument("--tasks", nargs="+", default=["reasoning_about_colored_objects", "navigate"])
-    parser.add_argument("--test", type=int, default=10, help="examples scored per subtask and prompt")
+    parser.add_argument("--test", type=int, default=5, help="examples scored per subtask and prompt")
     args = parser.parse_args()
     manifest = load_world(args.world)
     entries = {e["task"]: e for e in manifest["heldout"]}

@@ -1,4 +1,5 @@
-"""The real-world benchmarks on a tiny bbh world: case pools leave out a subtask's own task, the dtype check runs."""
+"""The real-world benchmarks on a tiny bbh world: case pools leave out a subtask's own task, the dtype check and the
+option-scoring comparison run."""
 
 import json
 import sys
@@ -9,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import dtype_loss  # noqa: E402
+import option_scoring  # noqa: E402
 import world  # noqa: E402
 
 from lorahub_ray.toy import build_random_base  # noqa: E402
@@ -49,6 +51,24 @@ def test_the_dtype_check_compares_both_dtypes_on_the_same_candidates(bbh_world, 
     monkeypatch.setattr(sys, "argv", ["dtype_loss.py", "--world", str(bbh_world), "--task", "nope"])
     with pytest.raises(SystemExit, match="not a held-out subtask"):
         dtype_loss.main()
+
+
+@pytest.mark.slow
+def test_the_option_scoring_comparison_scores_both_ways_alike(bbh_world, tmp_path, monkeypatch):
+    monkeypatch.setattr(option_scoring, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["option_scoring.py", "--world", str(bbh_world), "--tasks", "navigate",
+                                      "sort_five_objects", "--test", "3"])
+    option_scoring.main()
+    rows = json.loads((tmp_path / "option_scoring.json").read_text())["rows"]
+    assert [(r["task"], r["prompt"]) for r in rows] == [("navigate", "as given"), ("navigate", "in-context"),
+                                                        ("sort_five_objects", "as given"),
+                                                        ("sort_five_objects", "in-context")]
+    assert all(r["rows"] == 3 * r["options"] and r["picks_that_differ"] == 0 for r in rows)
+    assert all(r["max_abs_loss_difference"] < 1e-3 and r["speedup"] > 0 for r in rows)
+    assert rows[1]["prompt_tokens_mean"] > rows[0]["prompt_tokens_mean"], "demonstrations lengthen the prompt"
+    monkeypatch.setattr(sys, "argv", ["option_scoring.py", "--world", str(bbh_world), "--tasks", "count"])
+    with pytest.raises(SystemExit, match="not multiple choice"):
+        option_scoring.main()
 
 
 def test_dtype_check_candidates_start_with_zero_and_singles():
