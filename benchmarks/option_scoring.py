@@ -88,10 +88,10 @@ def main() -> None:
         order = random.Random(f"options/{task}").sample(examples, len(examples))
         shots, test = order[:SHOTS], order[SHOTS : SHOTS + args.test]
         for prompt, chosen in (("as given", test), ("in-context", prompt_with_demonstrations(shots, test))):
-            row = {"task": task, "prompt": prompt, "options": len(test[0]["options"]),
-                   **measure(model, tokenizer, chosen)}
+            row = {"task": task, "prompt": prompt, **measure(model, tokenizer, chosen)}
+            row["options_mean"] = row["rows"] / row["examples"]
             rows.append(row)
-            print(f"{task:38s} {prompt:10s} {row['prompt_tokens_mean']:6.0f} tokens {row['options']:2d} options: "
+            print(f"{task:38s} {prompt:10s} {row['prompt_tokens_mean']:6.0f} tokens {row['options_mean']:4.1f} options: "
                   f"{row['full_rows_seconds']:7.1f} s -> {row['shared_prompt_seconds']:6.1f} s "
                   f"({row['speedup']:.1f}x), "
                   f"loss difference {row['max_abs_loss_difference']:.1e}, picks differing {row['picks_that_differ']}",

@@ -63,7 +63,7 @@ def test_the_option_scoring_comparison_scores_both_ways_alike(bbh_world, tmp_pat
     assert [(r["task"], r["prompt"]) for r in rows] == [("navigate", "as given"), ("navigate", "in-context"),
                                                         ("sort_five_objects", "as given"),
                                                         ("sort_five_objects", "in-context")]
-    assert all(r["rows"] == 3 * r["options"] and r["picks_that_differ"] == 0 for r in rows)
+    assert all(r["rows"] == 3 * r["options_mean"] and r["picks_that_differ"] == 0 for r in rows)
     assert all(r["max_abs_loss_difference"] < 1e-3 and r["speedup"] > 0 for r in rows)
     assert rows[1]["prompt_tokens_mean"] > rows[0]["prompt_tokens_mean"], "demonstrations lengthen the prompt"
     monkeypatch.setattr(sys, "argv", ["option_scoring.py", "--world", str(bbh_world), "--tasks", "count"])
