@@ -178,7 +178,8 @@ def option_losses(model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples
     """Each example's summed token loss (answer tokens and end token) of each of its ``"options"`` after its input.
 
     A decoder-only model reads each input once: its cache serves all the options, whose rows would otherwise
-    repeat the input (an 18-option question read 18 times). Encoder-decoders score (input, option) rows in batches.
+    repeat the input (an 18-option question read 18 times). Encoder-decoders score (input, option) rows in batches
+    of ``batch_size``.
     """
     scorer = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel: its LoRA model
     device = next(scorer.parameters()).device
