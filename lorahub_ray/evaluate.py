@@ -201,9 +201,9 @@ def option_losses(model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples
 def _shared_prompt_losses(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, options: Sequence[str],
                           device: torch.device) -> list[float]:
     """`option_losses` of one decoder-only example: the prompt's forward with a cache, then every option (right-
-    padded, with its end token) in one batch on copies of that cache; the same token ids as `example_ids` rows."""
+    padded, with its end token) in one batch on copies of that cache; the token ids are `example_ids`'s."""
     prompt = prompt_ids(tokenizer, text)
-    answers = [tokenizer(o, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for o in options]
+    answers = [example_ids(tokenizer, {"input": text, "output": o}, False)[0][len(prompt) :] for o in options]
     first_logits, cache = _logits_and_cache(model, torch.tensor([prompt], device=device), None, None, last_only=True)
     n, width = len(answers), max(len(a) for a in answers)
     cache.batch_repeat_interleave(n)
