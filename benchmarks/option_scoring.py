@@ -5,7 +5,8 @@ its cache shared by the options (`lorahub_ray.evaluate.option_losses`), side by 
 
 A built world's base (bfloat16 never: float32 on the CPU, one thread) scores held-out multiple-choice examples of
 each subtask twice: as given, and with 5 other examples of the subtask before each input (the in-context prompts
-of the real-world benchmark). Prints seconds, the ratio, the largest loss difference and whether both pick the same
+of the real-world benchmark; their shared demonstrations are read with each input here, as `shared_prefix.py`
+measures that apart). Prints seconds, the ratio, the largest loss difference and whether both pick the same
 option everywhere; writes benchmarks/results/option_scoring.json.
 """
 
@@ -18,6 +19,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -57,7 +59,8 @@ def measure(model, tokenizer, examples: list[dict]) -> dict:
     full = full_row_losses(model, tokenizer, examples)
     full_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    shared = option_losses(model, tokenizer, examples)
+    with mock.patch("lorahub_ray.evaluate.worth_sharing", return_value=0):  # only this effect: shared_prefix.py's
+        shared = option_losses(model, tokenizer, examples)                   # is measured apart
     shared_seconds = time.perf_counter() - start
     pairs = [(a, b) for row_a, row_b in zip(full, shared) for a, b in zip(row_a, row_b)]
     picks = sum(ra.index(min(ra)) != rb.index(min(rb)) for ra, rb in zip(full, shared))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import numbers
 from collections.abc import Sequence
@@ -111,28 +112,66 @@ def answer_budget(tokenizer: PreTrainedTokenizerBase, examples: Sequence[dict[st
 def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str], batch_size: int = 16,
              max_new_tokens: int = 256) -> list[str]:
     """Greedy completions of ``inputs``, in batches (decoder-only prompts are left-padded, as given); a row ends at
-    any of `end_token_ids`."""
+    any of `end_token_ids`. Decoder-only prompts that start alike (the same demonstrations before every input,
+    see `worth_sharing`) read that prefix once, then go one at a time on copies of its cache."""
     device = next(model.parameters()).device
-    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-    outputs: list[str] = []
-    for start in range(0, len(inputs), batch_size):
-        texts = list(inputs[start : start + batch_size])
-        if encoder_decoder:
-            batch = tokenizer(texts, padding=True, return_tensors="pt").to(device)
-        else:
-            rows = [prompt_ids(tokenizer, text) for text in texts]
-            width = max(len(row) for row in rows)
-            pad = tokenizer.pad_token_id
-            batch = {
-                "input_ids": torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device),
-                "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device),
-            }
-        tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                pad_token_id=tokenizer.pad_token_id, eos_token_id=end_token_ids(model, tokenizer))
-        if not encoder_decoder:
-            tokens = tokens[:, batch["input_ids"].shape[1] :]
-        outputs.extend(tokenizer.batch_decode(tokens, skip_special_tokens=True))
+    ends = end_token_ids(model, tokenizer)
+    if getattr(model.config, "is_encoder_decoder", False):
+        outputs: list[str] = []
+        for start in range(0, len(inputs), batch_size):
+            batch = tokenizer(list(inputs[start : start + batch_size]), padding=True, return_tensors="pt").to(device)
+            tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=ends)
+            outputs.extend(tokenizer.batch_decode(tokens, skip_special_tokens=True))
+        return outputs
+    rows = [prompt_ids(tokenizer, text) for text in inputs]
+    if shared := worth_sharing(rows):
+        scorer = _scorer(model)
+        prefix = _prefix_cache(scorer, rows[0][:shared], device)
+        batches = [([row], {_cache_name(scorer): copy.deepcopy(prefix)}) for row in rows]
+    else:
+        batches = [(rows[start : start + batch_size], {}) for start in range(0, len(rows), batch_size)]
+    outputs = []
+    for batch_rows, cache in batches:
+        width, pad = max(len(row) for row in batch_rows), tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in batch_rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch_rows], device=device)
+        tokens = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=ends, **cache)
+        outputs.extend(tokenizer.batch_decode(tokens[:, width:], skip_special_tokens=True))
     return outputs
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all ``rows`` share, each row keeping at least one of its own (0 for one row)."""
+    if len(rows) < 2:
+        return 0
+    length, limit = 0, min(len(row) for row in rows) - 1
+    while length < limit and all(row[length] == rows[0][length] for row in rows):
+        length += 1
+    return length
+
+
+def worth_sharing(rows: Sequence[Sequence[int]]) -> int:
+    """`shared_prefix_length` of decoder-only prompts when reading that prefix once saves at least a third of their
+    tokens (five demonstrations before every test input), else 0: the prompts are then read whole, in batches."""
+    length = shared_prefix_length(rows)
+    return length if 3 * length * (len(rows) - 1) >= sum(len(row) for row in rows) else 0
+
+
+def _scorer(model: nn.Module) -> nn.Module:
+    """The model that runs the forward passes: a PeftModel's LoRA-injected base model, else the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _cache_name(model: nn.Module) -> str:
+    """The forward's name for a cache: ``cache`` in newer transformers, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _prefix_cache(model: nn.Module, prefix: list[int], device: torch.device):
+    """The cache of one forward over the ``prefix`` tokens."""
+    return _logits_and_cache(model, torch.tensor([prefix], device=device), None, None, last_only=True)[1]
 
 
 def exact_match(model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples: Sequence[dict[str, str]],
@@ -178,13 +217,17 @@ def option_losses(model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples
     """Each example's summed token loss (answer tokens and end token) of each of its ``"options"`` after its input.
 
     A decoder-only model reads each input once: its cache serves all the options, whose rows would otherwise
-    repeat the input (an 18-option question read 18 times). Encoder-decoders score (input, option) rows in batches
-    of ``batch_size``.
+    repeat the input (an 18-option question read 18 times), and a prefix all the inputs share is read once for
+    all of them (`worth_sharing`). Encoder-decoders score (input, option) rows in batches of ``batch_size``.
     """
-    scorer = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel: its LoRA model
+    scorer = _scorer(model)
     device = next(scorer.parameters()).device
     if not getattr(scorer.config, "is_encoder_decoder", False):
-        return [_shared_prompt_losses(scorer, tokenizer, ex["input"], ex["options"], device) for ex in examples]
+        prompts = [prompt_ids(tokenizer, ex["input"]) for ex in examples]
+        shared = worth_sharing(prompts)
+        prefix = (shared, _prefix_cache(scorer, prompts[0][:shared], device)) if shared else None
+        return [_shared_prompt_losses(scorer, tokenizer, ex["input"], prompt, ex["options"], device, prefix)
+                for ex, prompt in zip(examples, prompts)]
     rows = [example_ids(tokenizer, {"input": ex["input"], "output": option}, True)
             for ex in examples for option in ex["options"]]
     losses: list[float] = []
@@ -198,13 +241,17 @@ def option_losses(model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples
     return per_example
 
 
-def _shared_prompt_losses(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, options: Sequence[str],
-                          device: torch.device) -> list[float]:
-    """`option_losses` of one decoder-only example: the prompt's forward with a cache, then every option (right-
-    padded, with its end token) in one batch on copies of that cache; the token ids are `example_ids`'s."""
-    prompt = prompt_ids(tokenizer, text)
+def _shared_prompt_losses(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, prompt: list[int],
+                          options: Sequence[str], device: torch.device, prefix: tuple[int, object] | None
+                          ) -> list[float]:
+    """`option_losses` of one decoder-only example (``prompt``: the ids of its input ``text``): the prompt's
+    forward with a cache (past a copy of ``prefix``'s cache, given as (tokens, cache), when the prompts share one),
+    then every option (right-padded, with its end token) in one batch on copies of that cache; the token ids are
+    `example_ids`'s."""
     answers = [example_ids(tokenizer, {"input": text, "output": o}, False)[0][len(prompt) :] for o in options]
-    first_logits, cache = _logits_and_cache(model, torch.tensor([prompt], device=device), None, None, last_only=True)
+    start, cache = (prefix[0], copy.deepcopy(prefix[1])) if prefix else (0, None)
+    first_logits, cache = _logits_and_cache(model, torch.tensor([prompt[start:]], device=device), None, cache,
+                                            last_only=True)
     n, width = len(answers), max(len(a) for a in answers)
     cache.batch_repeat_interleave(n)
     ids = torch.tensor([a + [tokenizer.pad_token_id] * (width - len(a)) for a in answers], device=device)  # (n, A)
@@ -223,7 +270,7 @@ def _logits_and_cache(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     """Float32 logits ``(E, T or 1, V)`` of a forward that reads and extends ``cache`` (a new one when None), and the
     cache. A `PLAIN_HEAD` model's head runs in float32 on its body's output, as in the search's loss."""
     parameters = inspect.signature(model.forward).parameters
-    cache_arg = {"cache" if "cache" in parameters else "past_key_values": cache} if cache is not None else {}
+    cache_arg = {_cache_name(model): cache} if cache is not None else {}
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": True, **cache_arg}
     if plain_head(model):
         out = model.base_model(**inputs)

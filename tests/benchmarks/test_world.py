@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import dtype_loss  # noqa: E402
 import option_scoring  # noqa: E402
+import shared_prefix  # noqa: E402
 import world  # noqa: E402
 
 from lorahub_ray.toy import build_random_base  # noqa: E402
@@ -69,6 +70,19 @@ def test_the_option_scoring_comparison_scores_both_ways_alike(bbh_world, tmp_pat
     monkeypatch.setattr(sys, "argv", ["option_scoring.py", "--world", str(bbh_world), "--tasks", "count"])
     with pytest.raises(SystemExit, match="not multiple choice"):
         option_scoring.main()
+
+
+@pytest.mark.slow
+def test_the_shared_prefix_comparison_scores_in_context_prompts_both_ways_alike(bbh_world, tmp_path, monkeypatch):
+    monkeypatch.setattr(shared_prefix, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["shared_prefix.py", "--world", str(bbh_world), "--tasks", "navigate", "count",
+                                      "--test", "3"])
+    shared_prefix.main()
+    rows = json.loads((tmp_path / "shared_prefix.json").read_text())["rows"]
+    assert [r["task"] for r in rows] == ["navigate", "count"] and "option_losses" not in rows[1]  # count: no options
+    assert all(r["exact_match"]["predictions_that_differ"] == 0 and r["exact_match"]["speedup"] > 0 for r in rows)
+    assert rows[0]["option_losses"]["picks_that_differ"] == 0
+    assert rows[0]["option_losses"]["max_abs_loss_difference"] < 1e-3
 
 
 def test_dtype_check_candidates_start_with_zero_and_singles():

@@ -16,6 +16,8 @@ from lorahub_ray.evaluate import (
     load_model,
     option_accuracy,
     option_losses,
+    shared_prefix_length,
+    worth_sharing,
 )
 
 CHOICES = [
@@ -113,3 +115,47 @@ def test_option_losses_read_a_decoder_prompt_once_and_match_each_option_scored_a
     uneven = [{"input": "Q: name?\nA:", "output": " a", "options": [" a", " a much longer answer", " b c"]}]
     alone = [_loss(model, tokenizer, uneven[0], option) for option in uneven[0]["options"]]
     assert option_losses(model, tokenizer, uneven)[0] == pytest.approx(alone, rel=1e-4, abs=1e-4)
+
+
+def test_shared_prefix_length_and_when_it_is_worth_reading_once():
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 4, 5]]) == 2
+    assert shared_prefix_length([[1, 2], [1, 2]]) == 1  # each row keeps a token of its own
+    assert shared_prefix_length([[1, 2, 3]]) == shared_prefix_length([[1], [2]]) == 0
+    assert worth_sharing([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
+    assert worth_sharing([[1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6, 8]]) == 6
+    assert worth_sharing([[1, 2, 3, 4, 5, 6, 7, 8], [1, 9, 3, 4, 5, 6, 7, 8]]) == 0  # saves one token of 16
+
+
+def test_prompts_sharing_their_demonstrations_read_them_once_with_the_same_results(world, monkeypatch):
+    from peft import PeftModel
+
+    import lorahub_ray.evaluate as evaluate
+
+    demonstrations = "".join(f"Q: {ex['input']} {ex['output']}\n\n" for ex in CHOICES) * 3
+    prompted = [{**ex, "input": demonstrations + ex["input"]} for ex in CHOICES]
+    model, tokenizer = load_model(world["base"], device="cpu")
+    wrapped = PeftModel.from_pretrained(load_model(world["base"], device="cpu")[0], world["modules"][0]).eval()
+    prefixes, prefix_cache = [], evaluate._prefix_cache
+    monkeypatch.setattr(evaluate, "_prefix_cache",
+                        lambda scorer, prefix, device: prefixes.append(prefix) or prefix_cache(scorer, prefix, device))
+    for scorer in (model, wrapped):
+        shared_losses = option_losses(scorer, tokenizer, prompted)
+        cached, generate = [], scorer.generate  # each prompt starts from a fresh copy of the prefix's cache
+        monkeypatch.setattr(scorer, "generate", lambda **kwargs: cached.append(
+            next((v.get_seq_length() for k, v in kwargs.items() if k in ("cache", "past_key_values")), 0))
+            or generate(**kwargs))
+        shared_em = exact_match(scorer, tokenizer, prompted, max_new_tokens=6)
+        monkeypatch.setattr(scorer, "generate", generate)
+        expected = [0] if model.config.is_encoder_decoder else [len(prefixes[-1])] * len(prompted)
+        assert cached == expected
+        if model.config.is_encoder_decoder:  # an encoder reads its input both ways: no prefix of it stands alone
+            assert prefixes == []
+        else:
+            assert len(prefixes) == 2 and len(prefixes[0]) == len(prefixes[1]) >= len(demonstrations.encode())
+        with monkeypatch.context() as whole:
+            whole.setattr(evaluate, "worth_sharing", lambda rows: 0)
+            assert shared_losses == [pytest.approx(row, rel=0, abs=2e-5)  # a token read twice moves them 3e-4
+                                     for row in option_losses(scorer, tokenizer, prompted)]
+            assert shared_em.predictions == exact_match(scorer, tokenizer, prompted, max_new_tokens=6).predictions
+        assert len(prefixes) == (0 if model.config.is_encoder_decoder else 2)
+        prefixes.clear()
