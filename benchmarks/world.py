@@ -5,7 +5,8 @@
     python benchmarks/world.py --measure-speedup                 # alone: prints S
     python benchmarks/world.py --speedup S --shard 0/2 & python benchmarks/world.py --speedup S --shard 1/2
     python benchmarks/world.py --combine 2                      # after both (or after stopping them: a shard
-                                                                # saves its rows after every case)
+                                                                # saves its rows after every case); the cases of
+                                                                # the results file that no shard ran are kept
 
 A rerun with the same test size keeps the cases already in the results file or in saved shards (``--fresh`` reruns
 them), so the subtasks can be covered a few at a time.
@@ -140,6 +141,21 @@ def previous_runs(name: str, test_size: int, methods: list[str]) -> tuple[dict[t
     return {(row["task"], row["seed"]): row for row in rows if list(row["accuracy"]) == methods}, wall
 
 
+def combined_runs(shard_rows: list[dict], kept: dict[tuple[str, int], dict], tasks: list[str],
+                  seeds: list[int]) -> list[dict]:
+    """The rows of ``tasks`` x ``seeds`` in case order for ``--combine``: each from the shards, else from the rows
+    ``kept`` from earlier results (`previous_runs`; marked ``earlier_run``), so that shards run with fewer seeds
+    or subtasks than the results file holds lose none of its cases."""
+    measured = {(row["task"], row["seed"]): row for row in shard_rows}
+    runs = []
+    for number, key in enumerate((task, seed) for task in tasks for seed in seeds):
+        if key in measured:
+            runs.append({**measured[key], "case": number})
+        elif key in kept:
+            runs.append({**kept[key], "case": number, "earlier_run": True})
+    return runs
+
+
 def plot(em: dict, option: dict, path: Path) -> None:
     import matplotlib
 
@@ -229,7 +245,8 @@ def main() -> None:
         return
     walls = [time.time() - started]
     if args.combine is not None:
-        runs, walls = load_shards(RESULTS, args.name, args.combine)
+        shard_rows, walls = load_shards(RESULTS, args.name, args.combine)
+        runs = combined_runs(shard_rows, done, tasks, seeds)
     earlier = sum(1 for run in runs if run.get("earlier_run"))
     tables = {}
     for key in ("accuracy", "option_accuracy"):

@@ -111,9 +111,9 @@ def answer_budget(tokenizer: PreTrainedTokenizerBase, examples: Sequence[dict[st
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str], batch_size: int = 16,
              max_new_tokens: int = 256) -> list[str]:
-    """Greedy completions of ``inputs``, in batches (decoder-only prompts are left-padded, as given); a row ends at
+    """Greedy completions of ``inputs``, in batches (decoder-only prompts padded on the left, as given); a row ends at
     any of `end_token_ids`. Decoder-only prompts that start alike (the same demonstrations before every input,
-    see `worth_sharing`) read that prefix once, then go one at a time on copies of its cache."""
+    see `worth_sharing`) read that prefix once: each batch then extends a copy of its cache, padded after it."""
     device = next(model.parameters()).device
     ends = end_token_ids(model, tokenizer)
     if getattr(model.config, "is_encoder_decoder", False):
@@ -125,20 +125,22 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, inputs: Seque
             outputs.extend(tokenizer.batch_decode(tokens, skip_special_tokens=True))
         return outputs
     rows = [prompt_ids(tokenizer, text) for text in inputs]
-    if shared := worth_sharing(rows):
-        scorer = _scorer(model)
-        prefix = _prefix_cache(scorer, rows[0][:shared], device)
-        batches = [([row], {_cache_name(scorer): copy.deepcopy(prefix)}) for row in rows]
-    else:
-        batches = [(rows[start : start + batch_size], {}) for start in range(0, len(rows), batch_size)]
+    shared, pad = worth_sharing(rows), tokenizer.pad_token_id
+    prefix = _prefix_cache(_scorer(model), rows[0][:shared], device) if shared else None
     outputs = []
-    for batch_rows, cache in batches:
-        width, pad = max(len(row) for row in batch_rows), tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in batch_rows], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch_rows], device=device)
+    for start in range(0, len(rows), batch_size):
+        suffixes = [row[shared:] for row in rows[start : start + batch_size]]
+        width = max(len(suffix) for suffix in suffixes)  # padding goes between the prefix and each suffix
+        input_ids = torch.tensor([rows[0][:shared] + [pad] * (width - len(s)) + s for s in suffixes], device=device)
+        mask = torch.tensor([[1] * shared + [0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=device)
+        cache = {}
+        if prefix is not None:
+            copied = copy.deepcopy(prefix)
+            copied.batch_repeat_interleave(len(suffixes))
+            cache = {_cache_name(_scorer(model)): copied}
         tokens = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                 do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=ends, **cache)
-        outputs.extend(tokenizer.batch_decode(tokens[:, width:], skip_special_tokens=True))
+        outputs.extend(tokenizer.batch_decode(tokens[:, shared + width :], skip_special_tokens=True))
     return outputs
 
 
@@ -154,7 +156,7 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
 
 def worth_sharing(rows: Sequence[Sequence[int]]) -> int:
     """`shared_prefix_length` of decoder-only prompts when reading that prefix once saves at least a third of their
-    tokens (five demonstrations before every test input), else 0: the prompts are then read whole, in batches."""
+    tokens (five demonstrations before every test input), else 0: the prompts are then read whole."""
     length = shared_prefix_length(rows)
     return length if 3 * length * (len(rows) - 1) >= sum(len(row) for row in rows) else 0
 

@@ -105,6 +105,18 @@ def test_a_rerun_keeps_the_cases_of_earlier_results_with_the_same_settings(tmp_p
     assert kept == {}
 
 
+def test_combining_shards_keeps_the_cases_of_the_results_file_that_no_shard_ran():
+    row = {"accuracy": {"zero_shot": 0.0}}
+    kept = {(task, seed): {**row, "task": task, "seed": seed, "source": "file"}
+            for task in ("a", "b") for seed in (1, 2)}
+    shards = [{**row, "task": "c", "seed": 1, "source": "shard"}, {**row, "task": "a", "seed": 1, "source": "shard"}]
+    runs = world.combined_runs(shards, kept, ["a", "b", "c"], [1, 2])
+    assert [(r["task"], r["seed"], r["source"], r["case"]) for r in runs] == [
+        ("a", 1, "shard", 0), ("a", 2, "file", 1), ("b", 1, "file", 2), ("b", 2, "file", 3), ("c", 1, "shard", 4)]
+    assert [bool(r.get("earlier_run")) for r in runs] == [False, True, True, True, False]
+    assert world.combined_runs(shards, kept, ["c"], [1, 2]) == [{**shards[0], "case": 0}]  # only what was asked
+
+
 def test_the_panel_runs_every_optimizer_but_the_reference_on_each_number_of_actors():
     from lorahub_ray.optimizers import OPTIMIZERS
 
