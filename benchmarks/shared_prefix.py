@@ -26,10 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import prompt_with_demonstrations  # noqa: E402
-from world import built_world, load_world  # noqa: E402
+from world import built_world, held_out_examples, load_world  # noqa: E402
 
 from actors.examples import prompt_ids  # noqa: E402
-from lorahub_ray.data import load_examples  # noqa: E402
 from lorahub_ray.evaluate import exact_match, load_model, option_losses  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -73,14 +72,11 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=10, help="examples scored per subtask")
     args = parser.parse_args()
     manifest = load_world(args.world)
-    entries = {e["task"]: e for e in manifest["heldout"]}
-    if unknown := [t for t in args.tasks if t not in entries]:
-        raise SystemExit(f"error: {unknown} are not held-out subtasks of {args.world}")
+    subtasks = held_out_examples(args.world, manifest, args.tasks)
     torch.set_num_threads(1)
     model, tokenizer = load_model(str(args.world / manifest["base"]), device="cpu")
     rows, started = [], time.time()
-    for task in args.tasks:
-        examples = load_examples(args.world / entries[task]["path"])
+    for task, examples in subtasks.items():
         order = random.Random(f"prefix/{task}").sample(examples, len(examples))
         row = {"task": task, **measure(model, tokenizer, prompt_with_demonstrations(order[:SHOTS],
                                                                                    order[SHOTS : SHOTS + args.test]))}

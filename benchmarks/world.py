@@ -97,6 +97,15 @@ def load_world(world: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def held_out_examples(world: Path, manifest: dict, tasks: list[str]) -> dict[str, list[dict]]:
+    """The examples of each of ``tasks``, held-out subtasks of the built ``world``; any other name stops the run
+    with one error line."""
+    entries = {e["task"]: e for e in manifest["heldout"]}
+    if unknown := [t for t in tasks if t not in entries]:
+        raise SystemExit(f"error: {unknown} are not held-out subtasks of {world}")
+    return {task: load_examples(world / entries[task]["path"]) for task in tasks}
+
+
 def baselines(test: list[dict]) -> dict[str, float]:
     """Constant-answer baselines: the majority class of the test set (its label prior) and, for multiple choice,
     chance (the mean of 1 / number of options)."""

@@ -125,8 +125,8 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, inputs: Seque
             outputs.extend(tokenizer.batch_decode(tokens, skip_special_tokens=True))
         return outputs
     rows = [prompt_ids(tokenizer, text) for text in inputs]
-    shared, pad = worth_sharing(rows), tokenizer.pad_token_id
-    prefix = _prefix_cache(_scorer(model), rows[0][:shared], device) if shared else None
+    shared, pad, scorer = worth_sharing(rows), tokenizer.pad_token_id, _scorer(model)
+    prefix = _prefix_cache(scorer, rows[0][:shared], device) if shared else None
     outputs = []
     for start in range(0, len(rows), batch_size):
         suffixes = [row[shared:] for row in rows[start : start + batch_size]]
@@ -137,7 +137,7 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, inputs: Seque
         if prefix is not None:
             copied = copy.deepcopy(prefix)
             copied.batch_repeat_interleave(len(suffixes))
-            cache = {_cache_name(_scorer(model)): copied}
+            cache = {_cache_name(scorer): copied}
         tokens = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                 do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=ends, **cache)
         outputs.extend(tokenizer.batch_decode(tokens[:, shared + width :], skip_special_tokens=True))

@@ -83,6 +83,9 @@ def test_the_shared_prefix_comparison_scores_in_context_prompts_both_ways_alike(
     assert all(r["exact_match"]["predictions_that_differ"] == 0 and r["exact_match"]["speedup"] > 0 for r in rows)
     assert rows[0]["option_losses"]["picks_that_differ"] == 0
     assert rows[0]["option_losses"]["max_abs_loss_difference"] < 1e-3
+    monkeypatch.setattr(sys, "argv", ["shared_prefix.py", "--world", str(bbh_world), "--tasks", "navigate", "nope"])
+    with pytest.raises(SystemExit, match=r"\['nope'\] are not held-out subtasks"):
+        shared_prefix.main()
 
 
 def test_dtype_check_candidates_start_with_zero_and_singles():
